@@ -1,0 +1,83 @@
+"""Backend choice shared by every op family.
+
+Every op has four backends behind one entry point:
+  cuda      - hnrnn._C, CUDA kernels (CUDA tensors)
+  triton    - kernels/ (CUDA tensors; CPU tensors too when TRITON_INTERPRET=1)
+  cpu       - hnrnn._C, C++ kernels (CPU tensors)
+  reference - hnrnn.reference, pure PyTorch (any device)
+Choice: the `backend=` argument, else the HNRNN_BACKEND environment variable, else
+the fastest available for the tensor's device. Asking for one that is not there is an error.
+"""
+import functools
+import os
+from typing import Optional
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpu", "reference")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here (not built, not installed, or wrong device)."""
+
+
+@functools.lru_cache(maxsize=None)
+def extension():
+    """The compiled hnrnn._C module, or None when it was not built."""
+    try:
+        from hnrnn import _C
+    except ImportError:
+        return None
+    return _C
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
+    """None when `backend` can run on `device`, else a sentence saying why not."""
+    if backend == "reference":
+        return None
+    if backend in ("cpu", "cuda"):
+        ext = extension()
+        if ext is None:
+            return "the compiled extension hnrnn._C is not built (reinstall with `pip install --no-build-isolation -e .`)"
+        if device.type != backend:
+            return f"the {backend} backend runs on {backend} tensors, got tensors on {device}"
+        if backend == "cuda" and not ext.cuda_compiled():
+            return "hnrnn._C was built without CUDA (no nvcc, or HNRNN_FORCE_CPU=1, at install time)"
+        return None
+    if backend == "triton":
+        if not triton_available():
+            return "triton is not installed"
+        if device.type == "cuda" or (device.type == "cpu" and triton_interpret()):
+            return None
+        return f"the triton backend runs on cuda tensors (or cpu tensors with TRITON_INTERPRET=1), got {device}"
+    return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+
+
+def resolve(backend: Optional[str], device: torch.device) -> str:
+    """The backend to use for tensors on `device`: `backend`, else $HNRNN_BACKEND, else the fastest."""
+    backend = backend or os.environ.get("HNRNN_BACKEND") or None
+    if backend is not None and backend != "auto":
+        why = unavailable_reason(backend, device)
+        if why is not None:
+            raise BackendUnavailableError(f"backend {backend!r} is not available: {why}")
+        return backend
+    preference = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
+    return next(b for b in preference if unavailable_reason(b, device) is None)
+
+
+def available(device: torch.device):
+    """Backends that can run on `device`, fastest first."""
+    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
