@@ -8,8 +8,7 @@ from hnrnn import reference
 from hnrnn.ops import _backend
 from hnrnn.ops.zoo_cell import zoo_cell_sequence, zoo_cell_step
 
-from zoo_cell_cases import (NAMES, assert_all_close, fused, make_inputs, max_errors, reference_fn, run,
-                            seed_loop)
+from zoo_cell_cases import MODES, assert_all_close, check_backend, fused, make_inputs, reference_fn, run, seed_loop
 
 needs_cpu_ext = pytest.mark.skipif(_backend.unavailable_reason("cpu", torch.device("cpu")) is not None,
                                    reason="hnrnn._C is not built")
@@ -17,32 +16,6 @@ needs_cpu_ext = pytest.mark.skipif(_backend.unavailable_reason("cpu", torch.devi
 # (B, T, H): hidden sizes that are not powers of two, T = 1, the lesson's shapes (64, 3 / 20, 64).
 SHAPES = [(3, 1, 7), (3, 3, 50), (64, 3, 64), (64, 20, 64), (3, 20, 130), (64, 20, 7)]
 EVAL_ONLY = [(1, 3, 7), (1, 20, 130)]  # batch size 1 cannot train a BatchNorm
-MODES = [(ns, tr) for ns in (True, False) for tr in (True, False)]
-
-
-def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu"):
-    ids, f64 = make_inputs(B, T, H, V=V, device=device)
-    truth = run(reference_fn, ids, f64, norm_state, training)
-    what = f"{backend} B={B} T={T} H={H} norm_state={norm_state} training={training}"
-    if backend == "cpu" or device == "cpu":  # float64 kernels: agree to rounding
-        ours64 = run(fused(backend), ids, f64, norm_state, training)
-        assert_all_close(ours64, truth, rtol=1e-7, atol=1e-9, what=what + " float64 vs reference")
-        assert_all_close(ours64, seed_loop(ids, f64, norm_state, training), rtol=1e-7, atol=1e-9,
-                         what=what + " float64 vs seed loop")
-    # float32: the error against float64 truth is bounded by PyTorch's own float32 error (the seed
-    # loop and the reference, in float32) times a factor, plus ~8 float32 ulps of the value's scale.
-    # The factor is 8, not 2: with B = 3 some features have all but one ReLU output at zero, their
-    # batch variance is ill-conditioned, and which implementation rounds luckier is a coin toss
-    # (measured: up to ~7x either way between equally exact float32 computations). A wrong formula
-    # misses by orders of magnitude more.
-    f32 = [f.float() for f in f64]
-    ours = run(fused(backend), ids, f32, norm_state, training)
-    torch_errs = [max_errors(run(reference_fn, ids, f32, norm_state, training), truth),
-                  max_errors(seed_loop(ids, f32, norm_state, training), truth)]
-    errs = max_errors(ours, truth)
-    for name, t in zip(NAMES, truth[0] + truth[1]):
-        bound = 8 * max(e[name] for e in torch_errs) + 1e-6 * (1 + t.abs().max().item())
-        assert errs[name] <= bound, f"{what} float32 {name}: error {errs[name]:.3g} > bound {bound:.3g}"
 
 
 @needs_cpu_ext

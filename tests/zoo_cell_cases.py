@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hnrnn import reference
 from hnrnn.ops.zoo_cell import zoo_cell_sequence
 
+MODES = [(ns, tr) for ns in (True, False) for tr in (True, False)]  # (norm_state, training)
 PARAMS = ("h0", "emb", "weight", "bias", "bn_weight", "bn_bias")
 
 
@@ -88,3 +89,28 @@ def assert_all_close(got, want, rtol, atol, what=""):
 def max_errors(got, want):
     return {n: (a.double().cpu() - b.double().cpu()).abs().max().item()
             for n, a, b in zip(NAMES, got[0] + got[1], want[0] + want[1])}
+
+
+def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu"):
+    ids, f64 = make_inputs(B, T, H, V=V, device=device)
+    truth = run(reference_fn, ids, f64, norm_state, training)
+    what = f"{backend} B={B} T={T} H={H} norm_state={norm_state} training={training}"
+    if backend != "triton":  # the float64 kernels (cpu, cuda) agree to rounding
+        ours64 = run(fused(backend), ids, f64, norm_state, training)
+        assert_all_close(ours64, truth, rtol=1e-7, atol=1e-9, what=what + " float64 vs reference")
+        assert_all_close(ours64, seed_loop(ids, f64, norm_state, training), rtol=1e-7, atol=1e-9,
+                         what=what + " float64 vs seed loop")
+    # float32: the error against float64 truth is bounded by PyTorch's own float32 error (the seed
+    # loop and the reference, in float32) times a factor, plus ~8 float32 ulps of the value's scale.
+    # The factor is 8, not 2: with B = 3 some features have all but one ReLU output at zero, their
+    # batch variance is ill-conditioned, and which implementation rounds luckier is a coin toss
+    # (measured: up to ~7x either way between equally exact float32 computations). A wrong formula
+    # misses by orders of magnitude more.
+    f32 = [f.float() for f in f64]
+    ours = run(fused(backend), ids, f32, norm_state, training)
+    torch_errs = [max_errors(run(reference_fn, ids, f32, norm_state, training), truth),
+                  max_errors(seed_loop(ids, f32, norm_state, training), truth)]
+    errs = max_errors(ours, truth)
+    for name, t in zip(NAMES, truth[0] + truth[1]):
+        bound = 8 * max(e[name] for e in torch_errs) + 1e-6 * (1 + t.abs().max().item())
+        assert errs[name] <= bound, f"{what} float32 {name}: error {errs[name]:.3g} > bound {bound:.3g}"

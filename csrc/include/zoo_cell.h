@@ -11,7 +11,7 @@ namespace hnrnn {
 namespace zoo {
 
 template <typename T>
-HNRNN_HOST_DEVICE inline T relu(T z) { return z > T(0) ? z : T(0); }
+HNRNN_HOST_DEVICE inline T relu(T z) { return z < T(0) ? T(0) : z; }  // NaN stays NaN, as torch.relu
 
 template <typename T>
 HNRNN_HOST_DEVICE inline T bn_apply(T r, T mean, T invstd, T gamma, T beta) {
