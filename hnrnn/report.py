@@ -54,3 +54,52 @@ def update_readme(path: str = README) -> bool:
         with open(path, "w") as f:
             f.write(new)
     return new != old
+
+
+def _shape_label(shape: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in shape.items())
+
+
+def bench_tables(run: dict) -> str:
+    """Per op and mode: the median time per call of every provider, and hnrnn's best speedup."""
+    from hnrnn.ops import BACKENDS
+
+    out = []
+    groups = {}
+    for r in run["results"]:
+        groups.setdefault((r["op"], r["mode"]), []).append(r)
+    for (op, mode), rows in groups.items():
+        providers = sorted({r["provider"] for r in rows}, key=lambda p: (p in BACKENDS, p))
+        peers = [p for p in providers if p not in BACKENDS]
+        by_shape = {}
+        for r in rows:
+            by_shape.setdefault(_shape_label(r["shape"]), {})[r["provider"]] = r["median_us"]
+        head = ["shape"] + [f"{p} (µs)" for p in providers] + [f"best hnrnn vs {p}" for p in peers]
+        lines = [f"**{op}, {mode}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for shape, times in by_shape.items():
+            cells = [shape] + [f"{times[p]:.1f}" if p in times else "–" for p in providers]
+            ours = [times[p] for p in times if p in BACKENDS]
+            for peer in peers:
+                ok = ours and peer in times
+                cells.append(f"{times[peer] / min(ours):.2f}x" if ok else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def bench_section(results_dir: str = RESULTS) -> str:
+    parts = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*", "*.json"))):
+        if os.path.basename(path).startswith("zoo"):
+            continue
+        with open(path) as f:
+            run = json.load(f)
+        env = run["environment"]
+        parts.append(f"### {run['suite']} on {env.get('device', '?')}\n\nFrom `{_rel(path)}` "
+                     f"(torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+                     f"commit {str(env.get('commit'))[:10]}), median time per call, measured side by "
+                     f"side in one process:\n\n" + bench_tables(run))
+    return "\n\n".join(parts) or "_No benchmark results committed yet._"
+
+
+SECTIONS["bench"] = bench_section
