@@ -187,8 +187,9 @@ def cmd_bench(args):
 
 
 def cmd_report(args):
-    from hnrnn.report import README, update_readme
+    from hnrnn.report import README, update_charts, update_readme
 
+    update_charts()
     changed = update_readme(args.readme or README)
     print(("updated " if changed else "already current: ") + (args.readme or README))
 

@@ -31,3 +31,18 @@ def test_bench_table_shows_best_backend_speedup():
 def test_device_slug_cpu():
     import torch
     assert device_slug(torch.device("cpu")).startswith("cpu-")
+
+
+def test_speedup_chart_png(tmp_path):
+    import pytest
+    pytest.importorskip("matplotlib")
+    from hnrnn.report import speedup_chart
+
+    def b(p, B, H, med):
+        return {"extra_info": {"op": "gru", "mode": "forward", "shape": {"B": B, "H": H}, "provider": p, "inner": 1},
+                "stats": {"median": med, "iqr": 0, "min": med, "rounds": 5}}
+    raw = {"benchmarks": [b(p, B, H, m * H) for p, m in [("eager", 1.0), ("cpu", 0.2)] for B in (16, 64) for H in (64, 128)]}
+    png = tmp_path / "gru.png"
+    assert speedup_chart(summarize(raw, "gru"), str(png))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert not speedup_chart(summarize({"benchmarks": []}, "x"), str(tmp_path / "none.png"))
