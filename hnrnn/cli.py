@@ -1,4 +1,4 @@
-"""`hnrnn` command line: zoo, train, data, report (see `hnrnn --help`)."""
+"""`hnrnn` command line: zoo, train, data, bench, report (see `hnrnn --help`)."""
 import argparse
 import json
 import os
@@ -82,16 +82,22 @@ def cmd_zoo(args):
     names = args.models or list(MODELS)
     rows = []
     for name in names:
-        accs, seconds = [], 0.0
+        accs, seconds, to_target = [], [], []
+        target = min(RECIPES[name]["seed_accuracy"])
         for seed in range(args.seeds):
             print(f"\n{name} (seed {seed}, backend {args.backend}, {device})", flush=True)
             history, t = train_model(name, data, backend=args.backend, device=device, seed=seed,
                                      plot=os.path.join(args.out, f"{name}-seed{seed}.png") if args.plots else None)
             accs.append(history.epochs[-1].metric)
-            seconds += t
+            seconds.append(t)
+            to_target.append(seconds_to_reach(history, target))
+        reached = [s for s in to_target if s is not None]
         rows.append({"model": name, "seed_accuracy": list(RECIPES[name]["seed_accuracy"]),
                      "accuracy": sum(accs) / len(accs), "accuracy_per_seed": accs,
-                     "seconds_per_run": seconds / args.seeds,
+                     "seconds_per_run": sum(seconds) / len(seconds),
+                     "seconds_per_epoch": sum(seconds) / len(seconds) / len(history.epochs),
+                     "seconds_to_seed_accuracy": sum(reached) / len(reached) if reached else None,
+                     "runs_reaching_seed_accuracy": len(reached),
                      "backend": _backend_label(args.backend, device)})
     print()
     print(format_zoo_table(rows))
@@ -102,14 +108,27 @@ def cmd_zoo(args):
         print(f"\nwrote {args.json}")
 
 
+def seconds_to_reach(history, target):
+    """Training time until the first epoch whose valid metric reaches `target` (None if never)."""
+    elapsed = 0.0
+    for r in history.epochs:
+        elapsed += r.seconds
+        if r.metric >= target:
+            return elapsed
+    return None
+
+
 def format_zoo_table(rows) -> str:
-    """Markdown table: model, the two seed runs' final accuracy, ours (mean over seeds), time, backend."""
-    lines = ["| model | seed accuracy (000 / 003) | hnrnn accuracy | wall time per run | backend |",
-             "|---|---|---|---|---|"]
+    """Markdown table: model, the two seed runs' final accuracy, ours (mean over seeds), times, backend."""
+    lines = ["| model | seed accuracy (000 / 003) | hnrnn accuracy | wall time per run | per epoch "
+             "| to the lower seed accuracy | backend |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["seed_accuracy"]
+        reach = r.get("seconds_to_seed_accuracy")
         lines.append(f"| {r['model']} | {a:.4f} / {b:.4f} | {r['accuracy']:.4f} | "
-                     f"{r['seconds_per_run']:.1f} s | {r['backend']} |")
+                     f"{r['seconds_per_run']:.2f} s | {r['seconds_per_epoch']:.3f} s | "
+                     f"{'never' if reach is None else f'{reach:.2f} s'} | {r['backend']} |")
     return "\n".join(lines)
 
 
@@ -160,9 +179,17 @@ def cmd_data(args):
         print(f"{i}  {d.textify(first[i])}")
 
 
-def cmd_report(args):
-    from hnrnn.report import README, update_readme
+def cmd_bench(args):
+    from hnrnn.bench import run_suite, suites
 
+    for suite in args.suites or suites():
+        print(f"wrote {run_suite(suite, args.pytest_args, args.out)}")
+
+
+def cmd_report(args):
+    from hnrnn.report import README, update_charts, update_readme
+
+    update_charts()
     changed = update_readme(args.readme or README)
     print(("updated " if changed else "already current: ") + (args.readme or README))
 
@@ -205,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="print the notebook's walk-through of the data and batches")
     d.set_defaults(func=cmd_data)
+
+    b = sub.add_parser("bench", help="run benchmark suites; write benchmarks/results/<device>/<suite>.json")
+    b.add_argument("suites", nargs="*", help="suite names (benchmarks/bench_<name>.py); default all")
+    b.add_argument("--out", help="results folder (default benchmarks/results/<device-slug>)")
+    b.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
+                   help="passed on to pytest, e.g. -k seed")
+    b.set_defaults(func=cmd_bench)
 
     r = sub.add_parser("report", help="regenerate the README's tables from benchmarks/results/")
     r.add_argument("--readme", help="README file to update (default: the repository's)")
