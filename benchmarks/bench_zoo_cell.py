@@ -1,14 +1,13 @@
 """Zoo cell speed: the lesson's eager loop, torch.compile of it, and hnrnn's backends.
 
-    python -m pytest benchmarks/bench_zoo_cell.py --benchmark-json benchmarks/results/<machine>/zoo_cell.json
-    python benchmarks/zoo_cell_table.py benchmarks/results/<machine>/zoo_cell.json     # markdown ratios
+    hnrnn bench zoo_cell        # -> benchmarks/results/<device>/zoo_cell.json (with same-process ratios)
 
-Providers: eager (nn.Embedding / nn.Linear / nn.BatchNorm1d per step, as the seed), compiled
+Providers: eager (nn.Embedding / nn.Linear / nn.BatchNorm1d per step, as the seed), compile
 (torch.compile of that loop), reference, cpu, triton, cuda; unavailable ones are skipped with the
 reason. Shapes: the seed's (B=64, H=64, T=3 with the state normalised as Model0/1, T=20 with the
-output normalised as Model2/3) on every device, plus the grid B in {16, 64, 256}, H in {64, 256,
-1024}, T in {20, 200} on CUDA. Modes: forward, forward+backward (training mode throughout).
-Same inputs for every provider; CUDA timings synchronise inside the timed function.
+output normalised as Model2/3), plus on CUDA the grid B in {16, 64, 256}, H in {64, 256, 1024},
+T in {20, 200}. Modes: forward, forward+backward (training mode throughout). Runs on the GPU when
+there is one, else on the CPU. Timing: the shared `timed` fixture (benchmarks/conftest.py).
 Not collected by the default test run (testpaths = tests).
 """
 import itertools
@@ -24,14 +23,14 @@ from hnrnn.ops.zoo_cell import zoo_cell_sequence
 V = 39  # the lesson's vocabulary
 SEED_SHAPES = [(64, 64, 3, True), (64, 64, 20, False)]  # (B, H, T, norm_state)
 GRID = [(B, H, T, False) for B, H, T in itertools.product((16, 64, 256), (64, 256, 1024), (20, 200))]
-PROVIDERS = ["eager", "compiled", "reference", "cpu", "triton", "cuda"]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+PROVIDERS = ["eager", "compile", "reference", "cpu", "triton", "cuda"]
+DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def cases():
     for device in DEVICES:
         shapes = SEED_SHAPES + (GRID if device == "cuda" else [])
-        for (B, H, T, ns), provider, mode in itertools.product(shapes, PROVIDERS, ("fwd", "fwd+bwd")):
+        for (B, H, T, ns), provider, mode in itertools.product(shapes, PROVIDERS, ("forward", "forward+backward")):
             yield pytest.param(device, provider, mode, B, H, T, ns,
                                id=f"{device}-{provider}-{mode}-B{B}-H{H}-T{T}-{'normstate' if ns else 'normout'}")
 
@@ -67,13 +66,13 @@ class Cell(nn.Module):
 
 
 def unavailable(provider, device):
-    if provider in ("eager", "compiled"):
+    if provider in ("eager", "compile"):
         return None
     return _backend.unavailable_reason(provider, torch.device(device))
 
 
 @pytest.mark.parametrize("device,provider,mode,B,H,T,norm_state", list(cases()))
-def test_zoo_cell(benchmark, device, provider, mode, B, H, T, norm_state):
+def test_zoo_cell(timed, device, provider, mode, B, H, T, norm_state):
     why = unavailable(provider, device)
     if why:
         pytest.skip(why)
@@ -84,33 +83,17 @@ def test_zoo_cell(benchmark, device, provider, mode, B, H, T, norm_state):
     h0 = torch.zeros(B, H, device=device)
     if provider == "eager":
         fn = lambda: cell.loop(x, h0, norm_state)  # noqa: E731
-    elif provider == "compiled":
+    elif provider == "compile":
         torch._dynamo.reset()
         loop = torch.compile(cell.loop)
         fn = lambda: loop(x, h0, norm_state)  # noqa: E731
     else:
         fn = lambda: cell.fused(x, h0, norm_state, provider)  # noqa: E731
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step():
         out, h = fn()
-        if mode == "fwd+bwd":
+        if mode == "forward+backward":
             (out.sum() + h.sum()).backward()
-        sync()
 
-    for _ in range(3):  # warm-up (and compilation)
-        step()
-    benchmark.extra_info.update(dict(device=device, provider=provider, mode=mode, B=B, H=H, T=T,
-                                     norm_state=norm_state, torch=torch.__version__,
-                                     triton=_triton_version(), cuda=torch.version.cuda,
-                                     threads=torch.get_num_threads(),
-                                     gpu=torch.cuda.get_device_name() if device == "cuda" else None))
-    benchmark(step)
-
-
-def _triton_version():
-    try:
-        import triton
-        return triton.__version__
-    except ImportError:
-        return None
+    timed(step, op="zoo_cell", provider=provider, mode=mode, device=device, B=B, H=H, T=T,
+          norm_state=norm_state)

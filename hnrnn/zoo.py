@@ -58,9 +58,13 @@ class _ZooModel(nn.Module):
             bn.running_mean, bn.running_var, norm_state=norm_state, training=self.training,
             momentum=bn.momentum, eps=bn.eps, backend=None if self.backend == "auto" else self.backend)
         if self.training:
+            # Through .data: no version bump. An eager self.bn call earlier in the same forward
+            # (Model0's first step) saved these buffers for its backward; a plain copy_ would make
+            # that backward fail ("modified by an inplace operation"). nn.BatchNorm1d's own update
+            # does not bump the version either.
             with torch.no_grad():
-                bn.running_mean.copy_(rm)
-                bn.running_var.copy_(rv)
+                bn.running_mean.data.copy_(rm)
+                bn.running_var.data.copy_(rv)
                 bn.num_batches_tracked.add_(ids.shape[1])
         return out, h
 
