@@ -66,6 +66,67 @@ void gemm_rowmajor(bool w_transposed, int64_t rows, int64_t H, const scalar_t* A
   gemm_colmajor<scalar_t>(w_transposed ? 'T' : 'N', 'N', H, rows, H, W, H, A, H, beta, C, H);
 }
 
+// Row kernels: every inner loop of the cell is one of these, over the H features of one row.
+// Pointer parameters declared __restrict__ so the compiler vectorises them.
+template <typename T>
+inline void row_gather(T* __restrict__ x, T* __restrict__ r, const T* __restrict__ h, const T* __restrict__ e,
+                       const T* __restrict__ bias, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    x[k] = h[k] + e[k];
+    r[k] = bias[k];
+  }
+}
+template <typename T>
+inline void row_relu_sum(T* __restrict__ r, T* __restrict__ s, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T v = zc::relu(r[k]);
+    r[k] = v;
+    s[k] += v;
+  }
+}
+template <typename T>
+inline void row_sq_dev(const T* __restrict__ r, const T* __restrict__ mean, T* __restrict__ s, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T d = r[k] - mean[k];
+    s[k] += d * d;
+  }
+}
+template <typename T>
+inline void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ mean,
+                          const T* __restrict__ scale, const T* __restrict__ beta, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) o[k] = (r[k] - mean[k]) * scale[k] + beta[k];
+}
+// g = gout (+ gh when the state is normalised); sums of g and g * xhat.
+template <bool kAddState, typename T>
+inline void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, const T* __restrict__ gh,
+                             const T* __restrict__ r, const T* __restrict__ mean, const T* __restrict__ invstd,
+                             T* __restrict__ sg, T* __restrict__ sgx, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T v = kAddState ? go[k] + gh[k] : go[k];
+    g[k] = v;
+    sg[k] += v;
+    sgx[k] += v * ((r[k] - mean[k]) * invstd[k]);
+  }
+}
+// dz = ReLU'(r) * (ca * g + cc + cd * (r - mean) + gh_direct)
+template <bool kDirect, typename T>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-trapping-math")))  // lets GCC turn the select below into vector code
+#endif
+inline void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restrict__ gh, const T* __restrict__ r,
+                   const T* __restrict__ mean, const T* __restrict__ ca, const T* __restrict__ cc,
+                   const T* __restrict__ cd, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) {
+    T d = ca[k] * g[k] + cc[k] + cd[k] * (r[k] - mean[k]);
+    if (kDirect) d += gh[k];
+    dz[k] = r[k] > T(0) ? d : T(0);
+  }
+}
+template <typename T>
+inline void row_add(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
+}
+
 void check_ids(const Tensor& ids, int64_t V) {
   const int64_t* p = ids.data_ptr<int64_t>();
   for (int64_t i = 0, n = ids.numel(); i < n; ++i) {
@@ -103,75 +164,57 @@ void check_forward_inputs(const Tensor& ids, const Tensor& h0, const Tensor& emb
   }
 }
 
+// Inner loops run over the H features of one row with per-feature arrays, so they vectorise;
+// the batch statistics of a (B, H) block are column sums in the scalar type (B terms).
 template <typename scalar_t>
 void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W,
                     const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, scalar_t* rm,
                     scalar_t* rv, bool norm_state, bool training, double momentum, double eps,
                     int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT, scalar_t* xs,
                     scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
-  using acc_t = double;  // batch statistics in double: B terms, cheap, and no cancellation worries
-  std::vector<acc_t> s1(H), s2(H);
-  if (!training) {  // eval: the running statistics, the same for every step
-    for (int64_t k = 0; k < H; ++k) {
-      s1[k] = rm[k];
-      s2[k] = 1.0 / std::sqrt(static_cast<acc_t>(rv[k]) + eps);
-    }
-  }
+  std::vector<scalar_t> buf(3 * H);
+  scalar_t* __restrict__ s1 = buf.data();         // sum, then mean
+  scalar_t* __restrict__ s2 = buf.data() + H;     // sum of squared deviations, then invstd
+  scalar_t* __restrict__ scale = buf.data() + 2 * H;  // invstd * gamma
+  const scalar_t mom = static_cast<scalar_t>(momentum);
   for (int64_t t = 0; t < T; ++t) {
-    scalar_t* x = xs + t * B * H;
-    scalar_t* r = rs + t * B * H;
+    scalar_t* __restrict__ x = xs + t * B * H;
+    scalar_t* __restrict__ r = rs + t * B * H;
     // h_{t-1}: h0, the previous output (a strided row of `out`), or the previous ReLU.
     const scalar_t* hp = t == 0 ? h0 : (norm_state ? out + (t - 1) * H : rs + (t - 1) * B * H);
     const int64_t hs = (t > 0 && norm_state) ? T * H : H;
     for (int64_t b = 0; b < B; ++b) {
-      const scalar_t* e = E + ids[b * T + t] * H;
-      const scalar_t* hb = hp + b * hs;
-      scalar_t* xb = x + b * H;
-      scalar_t* rb = r + b * H;
-      for (int64_t k = 0; k < H; ++k) {
-        xb[k] = hb[k] + e[k];
-        rb[k] = bias[k];
-      }
+      row_gather(x + b * H, r + b * H, hp + b * hs, E + ids[b * T + t] * H, bias, H);
     }
     gemm_rowmajor<scalar_t>(true, B, H, x, W, scalar_t(1), r);  // r = x W^T + b
     scalar_t* m_t = mean + t * H;
     scalar_t* is_t = invstd + t * H;
     if (training) {
-      std::fill(s1.begin(), s1.end(), acc_t(0));
-      std::fill(s2.begin(), s2.end(), acc_t(0));
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* rb = r + b * H;
-        for (int64_t k = 0; k < H; ++k) {
-          rb[k] = zc::relu(rb[k]);
-          s1[k] += rb[k];
-        }
-      }
-      for (int64_t k = 0; k < H; ++k) s1[k] /= B;
-      for (int64_t b = 0; b < B; ++b) {  // two-pass variance
-        const scalar_t* rb = r + b * H;
-        for (int64_t k = 0; k < H; ++k) {
-          const acc_t d = rb[k] - s1[k];
-          s2[k] += d * d;
-        }
-      }
+      std::fill(s1, s1 + 2 * H, scalar_t(0));
+      for (int64_t b = 0; b < B; ++b) row_relu_sum(r + b * H, s1, H);
+      for (int64_t k = 0; k < H; ++k) s1[k] /= static_cast<scalar_t>(B);
+      for (int64_t b = 0; b < B; ++b) row_sq_dev(r + b * H, s1, s2, H);  // two-pass variance
       for (int64_t k = 0; k < H; ++k) {
-        const acc_t var = s2[k] / B;
-        rm[k] = static_cast<scalar_t>((1.0 - momentum) * rm[k] + momentum * s1[k]);
-        rv[k] = static_cast<scalar_t>((1.0 - momentum) * rv[k] + momentum * var * B / (B - 1));
-        s2[k] = 1.0 / std::sqrt(var + eps);
+        const scalar_t var = s2[k] / static_cast<scalar_t>(B);
+        rm[k] = zc::running_update(rm[k], s1[k], mom);
+        rv[k] = zc::running_update(rv[k], var * static_cast<scalar_t>(B) / static_cast<scalar_t>(B - 1), mom);
+        s2[k] = scalar_t(1) / std::sqrt(var + static_cast<scalar_t>(eps));
       }
     } else {
       for (int64_t i = 0; i < B * H; ++i) r[i] = zc::relu(r[i]);
+      if (t == 0) {  // eval: the running statistics, the same for every step
+        for (int64_t k = 0; k < H; ++k) {
+          s1[k] = rm[k];
+          s2[k] = scalar_t(1) / std::sqrt(rv[k] + static_cast<scalar_t>(eps));
+        }
+      }
     }
     for (int64_t k = 0; k < H; ++k) {
-      m_t[k] = static_cast<scalar_t>(s1[k]);
-      is_t[k] = static_cast<scalar_t>(s2[k]);
+      m_t[k] = s1[k];
+      is_t[k] = s2[k];
+      scale[k] = s2[k] * gamma[k];
     }
-    for (int64_t b = 0; b < B; ++b) {
-      const scalar_t* rb = r + b * H;
-      scalar_t* ob = out + (b * T + t) * H;
-      for (int64_t k = 0; k < H; ++k) ob[k] = zc::bn_apply(rb[k], m_t[k], is_t[k], gamma[k], beta[k]);
-    }
+    for (int64_t b = 0; b < B; ++b) row_normalise(out + (b * T + t) * H, r + b * H, s1, scale, beta, H);
   }
   for (int64_t b = 0; b < B; ++b) {
     const scalar_t* src = norm_state ? out + (b * T + T - 1) * H : rs + ((T - 1) * B + b) * H;
@@ -214,43 +257,43 @@ void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* i
                      const scalar_t* invstd, bool norm_state, bool training, int64_t B, int64_t T,
                      int64_t H, scalar_t* gz, scalar_t* gx, scalar_t* gh0, scalar_t* gE, scalar_t* gW,
                      scalar_t* gb, scalar_t* ggamma, scalar_t* gbeta) {
-  using acc_t = double;
-  std::vector<acc_t> sg(H), sgx(H), dgamma(H, 0), dbeta(H, 0);
-  std::vector<scalar_t> gtot(B * H);  // gradient reaching out_t
-  const acc_t inv_n = acc_t(1) / B;
+  std::vector<scalar_t> buf(5 * H + B * H);
+  scalar_t* __restrict__ sg = buf.data();       // sum over the batch of g
+  scalar_t* __restrict__ sgx = sg + H;          // ... of g * xhat
+  scalar_t* __restrict__ ca = sgx + H;          // dz = ca * g + cc + cd * (r - mean) (+ direct), see below
+  scalar_t* __restrict__ cc = ca + H;
+  scalar_t* __restrict__ cd = cc + H;
+  scalar_t* __restrict__ gtot = cd + H;         // gradient reaching out_t (B x H)
+  std::fill(ggamma, ggamma + H, scalar_t(0));
+  std::fill(gbeta, gbeta + H, scalar_t(0));
+  const scalar_t inv_n = scalar_t(1) / static_cast<scalar_t>(B);
   const scalar_t* gh = ghT;  // gradient w.r.t. h_t
   for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* r = rs + t * B * H;
-    const scalar_t* m_t = mean + t * H;
-    const scalar_t* is_t = invstd + t * H;
-    std::fill(sg.begin(), sg.end(), acc_t(0));
-    std::fill(sgx.begin(), sgx.end(), acc_t(0));
+    const scalar_t* __restrict__ r = rs + t * B * H;
+    const scalar_t* __restrict__ m_t = mean + t * H;
+    const scalar_t* __restrict__ is_t = invstd + t * H;
+    std::fill(sg, sg + 2 * H, scalar_t(0));
     for (int64_t b = 0; b < B; ++b) {
-      const scalar_t* go = gout + (b * T + t) * H;
-      const scalar_t* rb = r + b * H;
-      scalar_t* gt = gtot.data() + b * H;
-      for (int64_t k = 0; k < H; ++k) {
-        const scalar_t g = norm_state ? go[k] + gh[b * H + k] : go[k];
-        gt[k] = g;
-        sg[k] += g;
-        sgx[k] += static_cast<acc_t>(g) * ((rb[k] - m_t[k]) * is_t[k]);
-      }
+      if (norm_state)
+        row_bn_grad_sums<true>(gtot + b * H, gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, sg, sgx, H);
+      else
+        row_bn_grad_sums<false>(gtot + b * H, gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, sg, sgx, H);
     }
+    // zc::bn_relu_backward, with its per-feature factors hoisted out of the batch loop:
+    // dr = gamma*invstd*g - gamma*invstd*sg/B - (r - mean)*gamma*invstd^2*sgx/B  (training)
     for (int64_t k = 0; k < H; ++k) {
-      dgamma[k] += sgx[k];
-      dbeta[k] += sg[k];
+      ggamma[k] += sgx[k];
+      gbeta[k] += sg[k];
+      ca[k] = gamma[k] * is_t[k];
+      cc[k] = training ? -ca[k] * sg[k] * inv_n : scalar_t(0);
+      cd[k] = training ? -ca[k] * is_t[k] * sgx[k] * inv_n : scalar_t(0);
     }
     scalar_t* gz_t = gz + t * B * H;
     for (int64_t b = 0; b < B; ++b) {
-      const scalar_t* rb = r + b * H;
-      const scalar_t* gt = gtot.data() + b * H;
-      scalar_t* gzb = gz_t + b * H;
-      for (int64_t k = 0; k < H; ++k) {
-        // In double: with a small batch the three BN terms nearly cancel.
-        gzb[k] = static_cast<scalar_t>(zc::bn_relu_backward<acc_t>(
-            gt[k], norm_state ? acc_t(0) : gh[b * H + k], rb[k], m_t[k], is_t[k], gamma[k], sg[k], sgx[k], inv_n,
-            training));
-      }
+      if (norm_state)
+        row_dz<false>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
+      else
+        row_dz<true>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
     }
     scalar_t* gx_t = gx + t * B * H;
     gemm_rowmajor<scalar_t>(false, B, H, gz_t, W, scalar_t(0), gx_t);  // dx_t = dz_t W
@@ -259,21 +302,11 @@ void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* i
   std::copy(gx, gx + B * H, gh0);
   // dW = sum_t dz_t^T x_t over all T*B rows at once.
   gemm_colmajor<scalar_t>('N', 'T', H, H, T * B, xs, H, gz, H, scalar_t(0), gW, H);
-  std::vector<acc_t> sb(H, 0);
-  for (int64_t i = 0; i < T * B; ++i)
-    for (int64_t k = 0; k < H; ++k) sb[k] += gz[i * H + k];
-  for (int64_t k = 0; k < H; ++k) {
-    gb[k] = static_cast<scalar_t>(sb[k]);
-    ggamma[k] = static_cast<scalar_t>(dgamma[k]);
-    gbeta[k] = static_cast<scalar_t>(dbeta[k]);
-  }
+  std::fill(gb, gb + H, scalar_t(0));
+  for (int64_t i = 0; i < T * B; ++i) row_add(gb, gz + i * H, H);
   // dE[ids[b, t]] += dx_t[b], in a fixed order.
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t b = 0; b < B; ++b) {
-      scalar_t* dst = gE + ids[b * T + t] * H;
-      const scalar_t* src = gx + (t * B + b) * H;
-      for (int64_t k = 0; k < H; ++k) dst[k] += src[k];
-    }
+    for (int64_t b = 0; b < B; ++b) row_add(gE + ids[b * T + t] * H, gx + (t * B + b) * H, H);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu(

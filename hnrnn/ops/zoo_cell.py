@@ -95,6 +95,38 @@ if _backend.extension() is not None:  # loading hnrnn._C defines the compiled op
 _triton_registered = False
 
 
+class _EagerSequence(torch.autograd.Function):
+    """The same forward/backward ops as the registered autograd, with less Python around them.
+
+    torch.library's generated autograd wrapper costs tens of microseconds per call in Python,
+    as much as the whole CPU kernel at the lesson's sizes. Eager calls from the entry points go
+    through this Function instead (ops dispatched below autograd, same saved tensors, same
+    backward op); torch.compile and direct op calls use the registered autograd. Both paths are
+    tested (gradcheck of each)."""
+
+    @staticmethod
+    def forward(ctx, fwd_op, bwd_op, ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv,
+                norm_state, training, momentum, eps):
+        with torch._C._AutoDispatchBelowAutograd():
+            out, h_T, new_rm, new_rv, xs, rs, mean, invstd = fwd_op(
+                ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, norm_state, training, momentum, eps)
+        ctx.save_for_backward(ids, weight, bn_weight, xs, rs, mean, invstd)
+        ctx.bwd_op = bwd_op
+        ctx.vocab_size = emb.shape[0]
+        ctx.norm_state = norm_state
+        ctx.training = training
+        ctx.mark_non_differentiable(new_rm, new_rv)
+        return out, h_T, new_rm, new_rv
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_h_T, _grad_rm, _grad_rv):
+        ids, weight, bn_weight, xs, rs, mean, invstd = ctx.saved_tensors
+        with torch._C._AutoDispatchBelowAutograd():
+            grads = ctx.bwd_op(grad_out.contiguous(), grad_h_T.contiguous(), ids, ctx.vocab_size, weight,
+                               bn_weight, xs, rs, mean, invstd, ctx.norm_state, ctx.training)
+        return (None, None, None) + tuple(grads) + (None,) * 6
+
+
 def _triton_forward_op():
     """The Triton forward op, registering it (and importing triton) on first use."""
     global _triton_registered
@@ -185,9 +217,16 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
         ids = ids.unsqueeze(1)
     if be == "triton":
         op = _triton_forward_op()
+        bwd_op = torch.ops.hnrnn.zoo_cell_backward_triton.default
     else:
-        op = torch.ops.hnrnn.zoo_cell_forward
-    out, h_T, rm, rv = op(ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps))[:4]
+        op = torch.ops.hnrnn.zoo_cell_forward.default
+        bwd_op = torch.ops.hnrnn.zoo_cell_backward.default
+    args = (ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps))
+    if (not torch.compiler.is_compiling() and torch.is_grad_enabled()
+            and any(t.requires_grad for t in floats[:6])):
+        out, h_T, rm, rv = _EagerSequence.apply(op, bwd_op, *args)
+    else:
+        out, h_T, rm, rv = op(*args)[:4]
     if not training:  # eval leaves the running statistics as they were: the same tensors come back
         rm, rv = floats[6], floats[7]
     return (out if seq else out.squeeze(1)), h_T, rm, rv
