@@ -34,6 +34,11 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot needs every dimension >= 16
 
 
+def _seq_warps(B: int, H: int) -> int:
+    # W, h and a few (B, H) temporaries live in registers: more warps for the larger tiles.
+    return 4 if _pow2(B) * _pow2(H) <= 4096 else 8
+
+
 def use_sequence_kernel(B: int, H: int) -> bool:
     return (not FORCE_STEP_PATH) and _pow2(H) <= SEQ_MAX_H and _pow2(B) * _pow2(H) <= SEQ_MAX_ELEMENTS
 
@@ -200,7 +205,7 @@ def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor
         wrap_triton(_fwd_seq_kernel)[(1,)](
             ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, out, hT, xs, rs, mean, invstd,
             B, T, H, V, momentum, eps, inv_b, unbias, NORM_STATE=norm_state, TRAINING=training,
-            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=4)
+            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=_seq_warps(B, H))
         return out, hT, rm, rv, xs, rs, mean, invstd
     BLOCK_N = 32 if H <= 256 else 64
     BLOCK_B = min(_pow2(B), STEP_BLOCK_B)
@@ -349,7 +354,7 @@ def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vo
         wrap_triton(_bwd_seq_kernel)[(1,)](
             grad_out, grad_h_T, weight, bn_weight, rs, mean, invstd, gz, gx, gh0, dgamma, dbeta,
             B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
-            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=4)
+            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=_seq_warps(B, H))
     else:
         BLOCK_N = 32
         grid = (triton.cdiv(H, BLOCK_N),)

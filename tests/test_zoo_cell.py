@@ -54,6 +54,21 @@ def test_gradcheck_float64(norm_state, training):
 
 
 @needs_cpu_ext
+@pytest.mark.parametrize("norm_state,training", MODES)
+def test_gradcheck_registered_autograd_of_the_op(norm_state, training):
+    # The entry point's eager calls use a lean autograd.Function; the op's own registered autograd
+    # (what torch.compile and direct calls use) is checked here.
+    ids, f64 = make_inputs(3, 3, 5, V=4)
+    inputs = [f.clone().requires_grad_(i < 6) for i, f in enumerate(f64)]
+
+    def fn(*diff):
+        res = torch.ops.hnrnn.zoo_cell_forward(ids, *diff, *inputs[6:], norm_state, training, 0.1, 1e-5)
+        return res[0], res[1]
+
+    assert torch.autograd.gradcheck(fn, inputs[:6], eps=1e-6, atol=1e-6)
+
+
+@needs_cpu_ext
 def test_running_statistics_and_eval_identity():
     ids, f64 = make_inputs(4, 5, 6)
     _, _, rm, rv = zoo_cell_sequence(ids, *f64, True, True, momentum=0.3, eps=1e-3, backend="cpu")

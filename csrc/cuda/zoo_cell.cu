@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) fwd_persistent_kernel(
     scalar_t momentum, scalar_t eps, int B, int T, int H, int64_t V, scalar_t* __restrict__ out,
     scalar_t* __restrict__ hT, scalar_t* __restrict__ xs, scalar_t* __restrict__ rs,
     scalar_t* __restrict__ mean_g, scalar_t* __restrict__ invstd_g) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* Wt = reinterpret_cast<scalar_t*>(smem_raw);  // Wt[k * H + j] = W[j][k]
   scalar_t* x = Wt + H * H;                              // h_{t-1}, then x_t (B x H)
   scalar_t* r = x + B * H;                               // r_t (B x H)
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) bwd_persistent_kernel(
     const scalar_t* __restrict__ invstd_g, bool norm_state, bool training, int B, int T, int H,
     scalar_t* __restrict__ gz_g, scalar_t* __restrict__ gx_g, scalar_t* __restrict__ gh0,
     scalar_t* __restrict__ dgamma, scalar_t* __restrict__ dbeta) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* Ws = reinterpret_cast<scalar_t*>(smem_raw);  // W[j][k], row-major
   scalar_t* g = Ws + H * H;                              // gradient reaching out_t, then dz_t (B x H)
   scalar_t* gh = g + B * H;                              // gradient w.r.t. h_t (B x H)
