@@ -14,7 +14,9 @@ Ops (torch.ops.hnrnn.*), each with a fake kernel, autograd wired with register_a
   zoo_cell_step                                        hnrnn._C, composite of zoo_cell_forward (T = 1)
   zoo_cell_forward_triton / zoo_cell_backward_triton   triton_op (kernels/zoo_cell.py)
 The forward ops also return what backward needs (pre-linear inputs xs, ReLU outputs rs, per-step
-batch mean and invstd); the entry points drop those.
+batch mean and invstd); the entry points drop those. Eager calls of the entry points go through
+`_EagerSequence`, an autograd.Function over the same two ops (less Python per call than the
+generated wrapper); traced calls (torch.compile) and direct op calls use the registered autograd.
 
 Input handling: non-contiguous inputs are made contiguous (a copy; gradients still flow), int32
 ids are widened to int64. Everything else that is wrong raises before any kernel runs: a
@@ -222,11 +224,13 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
         op = torch.ops.hnrnn.zoo_cell_forward.default
         bwd_op = torch.ops.hnrnn.zoo_cell_backward.default
     args = (ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps))
-    if (not torch.compiler.is_compiling() and torch.is_grad_enabled()
-            and any(t.requires_grad for t in floats[:6])):
-        out, h_T, rm, rv = _EagerSequence.apply(op, bwd_op, *args)
-    else:
+    if torch.compiler.is_compiling():  # traced: the op with its registered autograd and fake kernel
         out, h_T, rm, rv = op(*args)[:4]
+    elif torch.is_grad_enabled() and any(t.requires_grad for t in floats[:6]):
+        out, h_T, rm, rv = _EagerSequence.apply(op, bwd_op, *args)
+    else:  # nothing to differentiate: skip the autograd layer's Python
+        with torch._C._AutoDispatchBelowAutograd():
+            out, h_T, rm, rv = op(*args)[:4]
     if not training:  # eval leaves the running statistics as they were: the same tensors come back
         rm, rv = floats[6], floats[7]
     return (out if seq else out.squeeze(1)), h_T, rm, rv
