@@ -152,12 +152,12 @@ def test_opcheck():
 
 
 @needs_cpu_ext
-@pytest.mark.parametrize("norm_state", [True, False])
-def test_torch_compile_fullgraph(norm_state):
+@pytest.mark.parametrize("norm_state,compile_backend", [(True, "inductor"), (False, "aot_eager")])
+def test_torch_compile_fullgraph(norm_state, compile_backend):
     torch._dynamo.reset()
     ids, f64 = make_inputs(5, 4, 6)
 
-    @torch.compile(fullgraph=True, backend="aot_eager")
+    @torch.compile(fullgraph=True, backend=compile_backend)
     def loss_fn(ids, *floats):
         out, h, rm, rv = zoo_cell_sequence(ids, *floats, norm_state, True, backend="cpu")
         return (out.square().sum() + h.sum()), rm, rv
