@@ -22,6 +22,7 @@ __all__ = ["GRU", "RNN"]
 
 class _FusedRNNBase(torch.nn.RNNBase):
     _name = "RNN"
+    _dims_word = " tensor"  # torch.nn's messages differ by one word between RNN and GRU
 
     def _op_mode(self) -> str:
         return {"GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}[self.mode]
@@ -62,7 +63,8 @@ class _FusedRNNBase(torch.nn.RNNBase):
             batch_sizes = None
             sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
-                raise ValueError(f"{self._name}: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+                raise ValueError(f"{self._name}: Expected input to be 2D or 3D, got {input.dim()}D"
+                                 f"{self._dims_word} instead")
             is_batched = input.dim() == 3
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
@@ -113,6 +115,7 @@ class GRU(_FusedRNNBase):
     """torch.nn.GRU with hnrnn's fused kernels; `backend=` picks cuda / triton / cpu / reference
     (default: $HNRNN_BACKEND, else the fastest for the input's device)."""
     _name = "GRU"
+    _dims_word = ""
 
     def __init__(self, *args, backend: Optional[str] = None, **kwargs):
         if "proj_size" in kwargs:
