@@ -3,8 +3,46 @@
 // fake kernels and autograd are registered in Python (hnrnn/ops).
 #include <torch/extension.h>
 
+// The single zoo step is the sequence op with one time step.
+static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> zoo_cell_step(
+    const at::Tensor& ids, const at::Tensor& h, const at::Tensor& emb, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
+    const at::Tensor& running_mean, const at::Tensor& running_var, bool norm_state, bool training,
+    double momentum, double eps) {
+  TORCH_CHECK(ids.dim() == 1, "zoo_cell_step: ids must be 1-D (B,), got shape ", ids.sizes());
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hnrnn::zoo_cell_forward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                         at::Tensor, at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, bool, bool, double, double)>();
+  auto res = op.call(ids.unsqueeze(1).contiguous(), h, emb, weight, bias, bn_weight, bn_bias,
+                     running_mean, running_var, norm_state, training, momentum, eps);
+  return {std::get<0>(res).squeeze(1), std::get<1>(res), std::get<2>(res), std::get<3>(res)};
+}
+
 TORCH_LIBRARY(hnrnn, m) {
   // --- zoo cell (recurrent step of Model0..Model3) ---
+  // Whole sequence. ids (B, T) int64; h0 (B, H); emb (V, H); weight (H, H); the rest (H,).
+  // Returns out (B, T, H), h_T (B, H), the updated running statistics (copies), and what backward
+  // needs: xs = h_{t-1} + E[ids_t] and rs = ReLU(xs W^T + b), both time-major (T, B, H), and the
+  // per-step batch mean and invstd (T, H) (the running ones, repeated, in eval).
+  m.def("zoo_cell_forward(Tensor ids, Tensor h0, Tensor emb, Tensor weight, Tensor bias, "
+        "Tensor bn_weight, Tensor bn_bias, Tensor running_mean, Tensor running_var, bool norm_state, "
+        "bool training, float momentum, float eps) -> (Tensor out, Tensor h_T, Tensor new_running_mean, "
+        "Tensor new_running_var, Tensor xs, Tensor rs, Tensor mean, Tensor invstd)");
+  // Reverse time loop. Returns the gradients of h0, emb, weight, bias, bn_weight, bn_bias.
+  m.def("zoo_cell_backward(Tensor grad_out, Tensor grad_h_T, Tensor ids, SymInt vocab_size, "
+        "Tensor weight, Tensor bn_weight, Tensor xs, Tensor rs, Tensor mean, Tensor invstd, "
+        "bool norm_state, bool training) -> (Tensor grad_h0, Tensor grad_emb, Tensor grad_weight, "
+        "Tensor grad_bias, Tensor grad_bn_weight, Tensor grad_bn_bias)");
+  // One step: ids (B,), h (B, H). Composite of zoo_cell_forward with T = 1 (so autograd, fake
+  // tensors and every backend come from the sequence op).
+  m.def("zoo_cell_step(Tensor ids, Tensor h, Tensor emb, Tensor weight, Tensor bias, "
+        "Tensor bn_weight, Tensor bn_bias, Tensor running_mean, Tensor running_var, bool norm_state, "
+        "bool training, float momentum, float eps) -> (Tensor out, Tensor h_new, Tensor new_running_mean, "
+        "Tensor new_running_var)", torch::dispatch(c10::DispatchKey::CompositeImplicitAutograd, &zoo_cell_step));
 
   // --- GRU / RNN recurrence (one layer, one direction; see hnrnn/ops/rnn.py) ---
   // gates_x: (T, B, G*H) = x W_ih^T + b_ih for every step (G = 3 for GRU, 1 for RNN);

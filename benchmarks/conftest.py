@@ -1,0 +1,61 @@
+"""Shared timing for every benchmark suite (pytest-benchmark underneath).
+
+Each benchmark calls the `timed` fixture:
+
+    timed(fn, op="zoo_cell", provider="cpu", mode="forward+backward", B=64, H=64, T=20)
+
+It warms `fn` up, then times `inner` back-to-back calls per round (`inner` chosen so a round
+lasts about a millisecond) and, on a GPU, synchronises once per round, so launch queues are
+measured honestly while the synchronisation cost is amortised. The per-call statistics,
+the provider, mode and shape go to `benchmark.extra_info`; `hnrnn bench` turns the
+pytest-benchmark JSON into benchmarks/results/<device>/<suite>.json with ratios between
+providers measured in the same process.
+"""
+import time
+
+import pytest
+import torch
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@pytest.fixture
+def timed(benchmark):
+    def run(fn, *, op, provider, mode, device=torch.device("cpu"), rounds=None, **shape):
+        device = torch.device(device)
+        for _ in range(3):  # warm-up: allocator, autotuning, torch.compile
+            fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        once = max(time.perf_counter() - t0, 1e-7)
+        inner = max(1, min(1000, int(1e-3 / once)))
+
+        def many():
+            for _ in range(inner):
+                fn()
+            _sync(device)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        benchmark.pedantic(many, rounds=rounds or max(5, min(50, int(0.5 / (once * inner)))),
+                           warmup_rounds=1)
+        info = dict(op=op, provider=provider, mode=mode, shape=shape, inner=inner,
+                    device=str(device))
+        if device.type == "cuda":
+            info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        benchmark.extra_info.update(info)
+
+    return run
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    from hnrnn.cli import environment
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    output_json["hnrnn_environment"] = environment(device)

@@ -1,0 +1,5 @@
+import sys
+
+from hnrnn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,84 @@
+"""`hnrnn bench`: runs a benchmark suite (benchmarks/bench_<suite>.py, pytest-benchmark) and
+writes benchmarks/results/<device-slug>/<suite>.json: the environment, every measurement
+(median and spread per call), and the speedup of each hnrnn backend over each peer measured
+in the same process at the same shape and mode.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+import torch
+
+from hnrnn.ops import BACKENDS
+from hnrnn.report import RESULTS, ROOT
+
+
+def device_slug(device: torch.device) -> str:
+    """A folder name for results measured on `device`: 'cpu-2core', 'nvidia-h100-80gb-hbm3'."""
+    if device.type == "cuda":
+        return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+    return f"cpu-{os.cpu_count()}core"
+
+
+def suites():
+    return sorted(f[len("bench_"):-3] for f in os.listdir(os.path.join(ROOT, "benchmarks"))
+                  if f.startswith("bench_") and f.endswith(".py"))
+
+
+def summarize(raw: dict, suite: str) -> dict:
+    """pytest-benchmark's JSON -> hnrnn's results file (times per call, in microseconds)."""
+    results = []
+    for b in raw["benchmarks"]:
+        info, stats = b["extra_info"], b["stats"]
+        per_call = 1e6 / info["inner"]
+        row = {"op": info["op"], "mode": info["mode"], "shape": info["shape"],
+               "provider": info["provider"], "median_us": stats["median"] * per_call,
+               "iqr_us": stats["iqr"] * per_call, "min_us": stats["min"] * per_call,
+               "rounds": stats["rounds"], "calls_per_round": info["inner"]}
+        if "peak_memory_bytes" in info:
+            row["peak_memory_bytes"] = info["peak_memory_bytes"]
+        results.append(row)
+    return {"suite": suite, "environment": raw.get("hnrnn_environment", {}), "results": results,
+            "ratios": ratios(results)}
+
+
+def ratios(results):
+    """Speedup of every hnrnn backend over every peer (eager, compile, cudnn, ...) per case."""
+    cases = {}
+    for r in results:
+        key = (r["op"], r["mode"], json.dumps(r["shape"], sort_keys=True))
+        cases.setdefault(key, {})[r["provider"]] = r["median_us"]
+    out = []
+    for (op, mode, shape), times in sorted(cases.items()):
+        for backend in [p for p in times if p in BACKENDS]:
+            for peer in [p for p in times if p not in BACKENDS]:
+                out.append({"op": op, "mode": mode, "shape": json.loads(shape), "backend": backend,
+                            "peer": peer, "speedup": times[peer] / times[backend]})
+    return out
+
+
+def run_suite(suite: str, pytest_args=(), out_dir: Optional[str] = None) -> str:
+    """Run benchmarks/bench_<suite>.py in a subprocess; returns the results file written."""
+    if suite not in suites():
+        raise ValueError(f"no benchmark suite {suite!r}; have: {', '.join(suites())}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = out_dir or os.path.join(RESULTS, device_slug(device))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_path = os.path.join(tmp, "raw.json")
+        cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks", f"bench_{suite}.py"),
+               "-o", "addopts=", "-p", "no:cacheprovider", "-q", f"--benchmark-json={raw_path}",
+               *pytest_args]
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        if rc != 0 or not os.path.exists(raw_path):
+            raise RuntimeError(f"benchmark suite {suite} failed (pytest exit code {rc})")
+        with open(raw_path) as f:
+            raw = json.load(f)
+    path = os.path.join(out_dir, f"{suite}.json")
+    with open(path, "w") as f:
+        json.dump(summarize(raw, suite), f, indent=1)
+    return path

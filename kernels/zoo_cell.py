@@ -1,0 +1,374 @@
+"""Triton kernels of the zoo cell, their launchers, and the triton_ops
+hnrnn::zoo_cell_forward_triton / hnrnn::zoo_cell_backward_triton (same schemas as the compiled
+hnrnn::zoo_cell_forward / zoo_cell_backward; autograd is wired in hnrnn.ops.zoo_cell).
+
+Two paths each way:
+- whole sequence in one program (`_fwd_seq_kernel`, `_bwd_seq_kernel`) when the weight and the
+  (B, H) state fit in registers (H <= 128, B * H <= 16384 after padding): one launch runs the
+  whole time loop with W, h and the BatchNorm statistics on chip;
+- otherwise one launch per step (`_fwd_step_kernel`, `_bwd_step_kernel`): each program owns a
+  block of features for the whole batch, so BatchNorm statistics stay in-program (BN is per
+  feature); the recurrent product of the backward (dx = dz W) is a GEMM per step.
+After the backward loop, dW = dZ^T X is one GEMM over all T*B rows, db a column sum, and dE a
+deterministic segment sum over the ids sorted once (`_segment_sum_kernel`: no atomics).
+
+Out-of-range ids (only reachable when the entry point's host check is skipped, i.e. under
+torch.compile) read a NaN embedding row instead of memory out of bounds.
+"""
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+# Limits of the one-program paths (padded sizes), and a test hook to force the per-step paths.
+SEQ_MAX_H = 128
+SEQ_MAX_ELEMENTS = 16384
+FORCE_STEP_PATH = False
+STEP_BLOCK_B = 128  # rows per block in the per-step kernels (tests lower it to cover several blocks)
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))  # tl.dot needs every dimension >= 16
+
+
+def use_sequence_kernel(B: int, H: int) -> bool:
+    return (not FORCE_STEP_PATH) and _pow2(H) <= SEQ_MAX_H and _pow2(B) * _pow2(H) <= SEQ_MAX_ELEMENTS
+
+
+# -----------------------------------------------------------------------------------------------
+# Forward
+# -----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _relu(z):
+    return tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
+
+
+@triton.jit
+def _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, cols, t, B, T, H, V):
+    """x = h_{t-1} + E[ids_t] for the given rows and feature columns (0 outside the problem)."""
+    mr = rows < B
+    mc = cols < H
+    m2 = mr[:, None] & mc[None, :]
+    ids = tl.load(ids_ptr + rows * T + t, mask=mr, other=0)
+    ok = (ids >= 0) & (ids < V)
+    e = tl.load(emb_ptr + ids[:, None] * H + cols[None, :], mask=m2 & ok[:, None], other=0.0)
+    e = tl.where(ok[:, None] | (~m2), e, float("nan"))
+    h = tl.load(h_ptr + rows[:, None] * h_stride + cols[None, :], mask=m2, other=0.0)
+    return h + e
+
+
+@triton.jit
+def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr,
+                    out_ptr, hT_ptr, xs_ptr, rs_ptr, mean_ptr, invstd_ptr,
+                    B, T, H, V, momentum, eps, inv_b, unbias,
+                    NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    m2 = mr[:, None] & mc[None, :]
+    bh = rows[:, None] * H + cols[None, :]
+    # W^T on chip for the whole loop: wt[k, j] = W[j, k].
+    wt = tl.load(w_ptr + cols[None, :] * H + cols[:, None], mask=mc[:, None] & mc[None, :], other=0.0)
+    bias = tl.load(b_ptr + cols, mask=mc, other=0.0)
+    gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
+    beta = tl.load(beta_ptr + cols, mask=mc, other=0.0)
+    rm = tl.load(rm_ptr + cols, mask=mc, other=0.0)
+    rv = tl.load(rv_ptr + cols, mask=mc, other=1.0)
+    mean = rm
+    invstd = 1.0 / tl.sqrt(rv + eps)
+    h = tl.load(h0_ptr + bh, mask=m2, other=0.0)
+    for t in range(T):
+        ids = tl.load(ids_ptr + rows * T + t, mask=mr, other=0)
+        ok = (ids >= 0) & (ids < V)
+        e = tl.load(emb_ptr + ids[:, None] * H + cols[None, :], mask=m2 & ok[:, None], other=0.0)
+        x = h + tl.where(ok[:, None] | (~m2), e, float("nan"))
+        tl.store(xs_ptr + t * B * H + bh, x, mask=m2)
+        z = tl.dot(x, wt, input_precision="ieee") + bias[None, :]
+        r = tl.where(m2, _relu(z), 0.0)  # padded rows must not enter the statistics
+        tl.store(rs_ptr + t * B * H + bh, r, mask=m2)
+        if TRAINING:
+            mean = tl.sum(r, 0) * inv_b
+            d = tl.where(m2, r - mean[None, :], 0.0)
+            var = tl.sum(d * d, 0) * inv_b
+            invstd = 1.0 / tl.sqrt(var + eps)
+            rm = (1.0 - momentum) * rm + momentum * mean
+            rv = (1.0 - momentum) * rv + momentum * var * unbias
+        tl.store(mean_ptr + t * H + cols, mean, mask=mc)
+        tl.store(invstd_ptr + t * H + cols, invstd, mask=mc)
+        o = (r - mean[None, :]) * invstd[None, :] * gamma[None, :] + beta[None, :]
+        tl.store(out_ptr + rows[:, None] * (T * H) + t * H + cols[None, :], o, mask=m2)
+        if NORM_STATE:
+            h = tl.where(m2, o, 0.0)
+        else:
+            h = r
+    tl.store(hT_ptr + bh, h, mask=m2)
+    tl.store(rm_ptr + cols, rm, mask=mc)  # rm_ptr / rv_ptr are the output copies
+    tl.store(rv_ptr + cols, rv, mask=mc)
+
+
+@triton.jit
+def _fwd_step_kernel(ids_ptr, h_ptr, h_stride, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr,
+                     out_ptr, xs_ptr, rs_ptr, mean_ptr, invstd_ptr,
+                     t, B, T, H, V, momentum, eps, inv_b, unbias,
+                     TRAINING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_K: tl.constexpr):
+    """Step t for the features [pid * BLOCK_N, ...) and every row of the batch."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    mc = cols < H
+    bias = tl.load(b_ptr + cols, mask=mc, other=0.0)
+    # Pass 1: r = ReLU(x W^T + b) by row blocks, with the batch mean / M2 combined block by block
+    # (Chan et al.), so any batch size works.
+    cnt = 0.0
+    mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+    m2acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for b0 in range(0, B, BLOCK_B):
+        rows = b0 + tl.arange(0, BLOCK_B)
+        mr = rows < B
+        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mk = ks < H
+            x = _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, ks, t, B, T, H, V)
+            if pid == 0:  # every program computes x; one stores it for the backward
+                tl.store(xs_ptr + rows[:, None] * H + ks[None, :], x, mask=mr[:, None] & mk[None, :])
+            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+            acc += tl.dot(x, wt, input_precision="ieee")
+        m2 = mr[:, None] & mc[None, :]
+        r = tl.where(m2, _relu(acc + bias[None, :]), 0.0)
+        tl.store(rs_ptr + rows[:, None] * H + cols[None, :], r, mask=m2)
+        if TRAINING:
+            n_b = tl.minimum(B - b0, BLOCK_B).to(tl.float32)
+            bmean = tl.sum(r, 0) / n_b
+            d = tl.where(m2, r - bmean[None, :], 0.0)
+            bm2 = tl.sum(d * d, 0)
+            tot = cnt + n_b
+            delta = bmean - mean
+            mean = mean + delta * (n_b / tot)
+            m2acc = m2acc + bm2 + delta * delta * (cnt * n_b / tot)
+            cnt = tot
+    rm = tl.load(rm_ptr + cols, mask=mc, other=0.0)
+    rv = tl.load(rv_ptr + cols, mask=mc, other=1.0)
+    if TRAINING:
+        var = m2acc * inv_b
+        invstd = 1.0 / tl.sqrt(var + eps)
+        tl.store(rm_ptr + cols, (1.0 - momentum) * rm + momentum * mean, mask=mc)
+        tl.store(rv_ptr + cols, (1.0 - momentum) * rv + momentum * var * unbias, mask=mc)
+    else:
+        mean = rm
+        invstd = 1.0 / tl.sqrt(rv + eps)
+    tl.store(mean_ptr + cols, mean, mask=mc)
+    tl.store(invstd_ptr + cols, invstd, mask=mc)
+    gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
+    beta = tl.load(beta_ptr + cols, mask=mc, other=0.0)
+    tl.debug_barrier()  # r written above by other threads of this program
+    # Pass 2: normalise.
+    for b0 in range(0, B, BLOCK_B):
+        rows = b0 + tl.arange(0, BLOCK_B)
+        m2 = (rows < B)[:, None] & mc[None, :]
+        r = tl.load(rs_ptr + rows[:, None] * H + cols[None, :], mask=m2, other=0.0)
+        o = (r - mean[None, :]) * invstd[None, :] * gamma[None, :] + beta[None, :]
+        tl.store(out_ptr + rows[:, None] * (T * H) + cols[None, :], o, mask=m2)
+
+
+@triton_op("hnrnn::zoo_cell_forward_triton", mutates_args=())
+def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
+                            bn_weight: Tensor, bn_bias: Tensor, running_mean: Tensor, running_var: Tensor,
+                            norm_state: bool, training: bool, momentum: float, eps: float
+                            ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    if h0.dtype != torch.float32:
+        raise TypeError(f"zoo_cell: the triton backend computes in float32, got {h0.dtype}")
+    B, T = ids.shape
+    V, H = emb.shape
+    out = h0.new_empty(B, T, H)
+    xs = h0.new_empty(T, B, H)
+    rs = h0.new_empty(T, B, H)
+    mean = h0.new_empty(T, H)
+    invstd = h0.new_empty(T, H)
+    rm = running_mean.clone()
+    rv = running_var.clone()
+    inv_b = 1.0 / B
+    unbias = B / (B - 1) if B > 1 else 1.0
+    if use_sequence_kernel(B, H):
+        hT = h0.new_empty(B, H)
+        wrap_triton(_fwd_seq_kernel)[(1,)](
+            ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, out, hT, xs, rs, mean, invstd,
+            B, T, H, V, momentum, eps, inv_b, unbias, NORM_STATE=norm_state, TRAINING=training,
+            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=4)
+        return out, hT, rm, rv, xs, rs, mean, invstd
+    BLOCK_N = 32 if H <= 256 else 64
+    BLOCK_B = min(_pow2(B), STEP_BLOCK_B)
+    grid = (triton.cdiv(H, BLOCK_N),)
+    for t in range(T):
+        if t == 0:
+            h_prev, h_stride = h0, H
+        elif norm_state:
+            h_prev, h_stride = out[:, t - 1], T * H
+        else:
+            h_prev, h_stride = rs[t - 1], H
+        wrap_triton(_fwd_step_kernel)[grid](
+            ids, h_prev, h_stride, emb, weight, bias, bn_weight, bn_bias, rm, rv,
+            out[:, t], xs[t], rs[t], mean[t], invstd[t],
+            t, B, T, H, V, momentum, eps, inv_b, unbias,
+            TRAINING=training, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=32, num_warps=4)
+    hT = (out[:, T - 1] if norm_state else rs[T - 1]).clone()
+    return out, hT, rm, rv, xs, rs, mean, invstd
+
+
+# -----------------------------------------------------------------------------------------------
+# Backward
+# -----------------------------------------------------------------------------------------------
+
+@triton.jit
+def _bn_relu_grad(g, gh_direct, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAINING: tl.constexpr):
+    """dz from the gradient g reaching out_t (and gh_direct reaching r_t), per hnrnn/zoo_cell.h."""
+    if TRAINING:
+        xhat = (r - mean[None, :]) * invstd[None, :]
+        gr = (gamma * invstd)[None, :] * (g - (sg * inv_b)[None, :] - xhat * (sgx * inv_b)[None, :])
+    else:
+        gr = (gamma * invstd)[None, :] * g
+    gr = gr + gh_direct
+    return tl.where(m2 & (r > 0.0), gr, 0.0)
+
+
+@triton.jit
+def _bwd_seq_kernel(gout_ptr, ghT_ptr, w_ptr, g_ptr, rs_ptr, mean_ptr, invstd_ptr,
+                    gz_ptr, gx_ptr, gh0_ptr, dgamma_ptr, dbeta_ptr, B, T, H, inv_b,
+                    NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    m2 = mr[:, None] & mc[None, :]
+    bh = rows[:, None] * H + cols[None, :]
+    w = tl.load(w_ptr + cols[:, None] * H + cols[None, :], mask=mc[:, None] & mc[None, :], other=0.0)
+    gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
+    dgamma = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dbeta = tl.zeros([BLOCK_H], dtype=tl.float32)
+    gh = tl.load(ghT_ptr + bh, mask=m2, other=0.0)
+    for i in range(T):
+        t = T - 1 - i
+        g = tl.load(gout_ptr + rows[:, None] * (T * H) + t * H + cols[None, :], mask=m2, other=0.0)
+        if NORM_STATE:
+            g = g + gh
+            gh_direct = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+        else:
+            gh_direct = gh
+        r = tl.load(rs_ptr + t * B * H + bh, mask=m2, other=0.0)
+        mean = tl.load(mean_ptr + t * H + cols, mask=mc, other=0.0)
+        invstd = tl.load(invstd_ptr + t * H + cols, mask=mc, other=0.0)
+        xhat = (r - mean[None, :]) * invstd[None, :]
+        sg = tl.sum(g, 0)
+        sgx = tl.sum(tl.where(m2, g * xhat, 0.0), 0)
+        dgamma += sgx
+        dbeta += sg
+        gz = _bn_relu_grad(g, gh_direct, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAINING)
+        tl.store(gz_ptr + t * B * H + bh, gz, mask=m2)
+        gh = tl.dot(gz, w, input_precision="ieee")  # dx_t = dz_t W = grad of h_{t-1}
+        tl.store(gx_ptr + t * B * H + bh, gh, mask=m2)
+    tl.store(gh0_ptr + bh, gh, mask=m2)
+    tl.store(dgamma_ptr + cols, dgamma, mask=mc)
+    tl.store(dbeta_ptr + cols, dbeta, mask=mc)
+
+
+@triton.jit
+def _bwd_step_kernel(gout_ptr, gh_ptr, rs_ptr, mean_ptr, invstd_ptr, g_ptr, gz_ptr, dgamma_ptr, dbeta_ptr,
+                     B, T, H, inv_b, NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
+                     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Step t's BatchNorm + ReLU backward for the features [pid * BLOCK_N, ...): dz_t (the caller
+    then does dx_t = dz_t W as a GEMM). gout_ptr points at gout[:, t]; dgamma/dbeta accumulate."""
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    mc = cols < H
+    mean = tl.load(mean_ptr + cols, mask=mc, other=0.0)
+    invstd = tl.load(invstd_ptr + cols, mask=mc, other=0.0)
+    gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
+    sg = tl.zeros([BLOCK_N], dtype=tl.float32)
+    sgx = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for b0 in range(0, B, BLOCK_B):  # pass 1: column sums
+        rows = b0 + tl.arange(0, BLOCK_B)
+        m2 = (rows < B)[:, None] & mc[None, :]
+        g = tl.load(gout_ptr + rows[:, None] * (T * H) + cols[None, :], mask=m2, other=0.0)
+        if NORM_STATE:
+            g += tl.load(gh_ptr + rows[:, None] * H + cols[None, :], mask=m2, other=0.0)
+        r = tl.load(rs_ptr + rows[:, None] * H + cols[None, :], mask=m2, other=0.0)
+        xhat = (r - mean[None, :]) * invstd[None, :]
+        sg += tl.sum(g, 0)
+        sgx += tl.sum(tl.where(m2, g * xhat, 0.0), 0)
+    tl.store(dgamma_ptr + cols, tl.load(dgamma_ptr + cols, mask=mc, other=0.0) + sgx, mask=mc)
+    tl.store(dbeta_ptr + cols, tl.load(dbeta_ptr + cols, mask=mc, other=0.0) + sg, mask=mc)
+    for b0 in range(0, B, BLOCK_B):  # pass 2: dz
+        rows = b0 + tl.arange(0, BLOCK_B)
+        m2 = (rows < B)[:, None] & mc[None, :]
+        g = tl.load(gout_ptr + rows[:, None] * (T * H) + cols[None, :], mask=m2, other=0.0)
+        gh = tl.load(gh_ptr + rows[:, None] * H + cols[None, :], mask=m2, other=0.0)
+        if NORM_STATE:
+            g += gh
+            gh = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+        r = tl.load(rs_ptr + rows[:, None] * H + cols[None, :], mask=m2, other=0.0)
+        gz = _bn_relu_grad(g, gh, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAINING)
+        tl.store(gz_ptr + rows[:, None] * H + cols[None, :], gz, mask=m2)
+
+
+@triton.jit
+def _segment_sum_kernel(src_ptr, order_ptr, offsets_ptr, dst_ptr, H, BLOCK_H: tl.constexpr):
+    """dst[v] = sum of src[order[i]] for i in [offsets[v], offsets[v + 1]), in order: the
+    embedding gradient without atomics, so every run gives the same bits."""
+    v = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mc = cols < H
+    start = tl.load(offsets_ptr + v)
+    end = tl.load(offsets_ptr + v + 1)
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for i in range(start, end):
+        row = tl.load(order_ptr + i)
+        acc += tl.load(src_ptr + row * H + cols, mask=mc, other=0.0)
+    tl.store(dst_ptr + v * H + cols, acc, mask=mc)
+
+
+@triton_op("hnrnn::zoo_cell_backward_triton", mutates_args=())
+def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vocab_size: int, weight: Tensor,
+                             bn_weight: Tensor, xs: Tensor, rs: Tensor, mean: Tensor, invstd: Tensor,
+                             norm_state: bool, training: bool
+                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    T, B, H = xs.shape
+    gz = xs.new_empty(T, B, H)
+    gx = xs.new_empty(T, B, H)
+    dgamma = xs.new_zeros(H)
+    dbeta = xs.new_zeros(H)
+    inv_b = 1.0 / B
+    if use_sequence_kernel(B, H):
+        gh0 = xs.new_empty(B, H)
+        wrap_triton(_bwd_seq_kernel)[(1,)](
+            grad_out, grad_h_T, weight, bn_weight, rs, mean, invstd, gz, gx, gh0, dgamma, dbeta,
+            B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
+            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=4)
+    else:
+        BLOCK_N = 32
+        grid = (triton.cdiv(H, BLOCK_N),)
+        for t in range(T - 1, -1, -1):
+            gh = grad_h_T if t == T - 1 else gx[t + 1]
+            wrap_triton(_bwd_step_kernel)[grid](
+                grad_out[:, t], gh, rs[t], mean[t], invstd[t], bn_weight, gz[t], dgamma, dbeta,
+                B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
+                BLOCK_B=min(_pow2(B), STEP_BLOCK_B), BLOCK_N=BLOCK_N, num_warps=4)
+            torch.mm(gz[t], weight, out=gx[t])
+        gh0 = gx[0].clone()
+    # After the loop: the large reductions over all T*B rows.
+    grad_w = torch.mm(gz.view(T * B, H).t(), xs.view(T * B, H))
+    grad_b = gz.sum((0, 1))
+    flat = ids.t().reshape(-1)  # time-major, like gx's rows
+    sorted_ids, order = torch.sort(flat, stable=True)
+    offsets = torch.searchsorted(sorted_ids, torch.arange(vocab_size + 1, device=ids.device, dtype=ids.dtype))
+    grad_emb = xs.new_empty(vocab_size, H)
+    BLOCK_H = min(_pow2(H), 128)
+    wrap_triton(_segment_sum_kernel)[(vocab_size, triton.cdiv(H, BLOCK_H))](
+        gx, order, offsets, grad_emb, H, BLOCK_H=BLOCK_H, num_warps=4)
+    return gh0, grad_emb, grad_w, grad_b, dgamma, dbeta

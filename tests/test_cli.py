@@ -1,0 +1,61 @@
+"""The `hnrnn` command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hnrnn.cli import main
+
+
+def test_data_walkthrough(capsys):
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    assert "train tokens: 50079   valid tokens: 13017" in out
+    assert "len(valid_dl) = 3" in out and "= 13440" in out
+    assert "0  thousand forty seven , eight thousand forty eight" in out
+    assert "4  two , eight" in out
+
+
+def test_train_one_model_with_checkpoint_plot_and_resume(tmp_path, capsys):
+    args = ["train", "--model", "Model1", "--backend", "eager", "--epochs", "1", "--device", "cpu",
+            "--out", str(tmp_path), "--json", str(tmp_path / "h.json")]
+    assert main(args) == 0
+    assert (tmp_path / "Model1.pt").exists()
+    first = json.loads((tmp_path / "h.json").read_text())["epochs"]
+    assert len(first) == 1
+    # Resuming a finished run trains nothing more and reports the same table.
+    assert main(args + ["--resume"]) == 0
+    assert json.loads((tmp_path / "h.json").read_text())["epochs"] == first
+
+
+def test_train_on_a_text_file(tmp_path):
+    f = tmp_path / "t.txt"
+    f.write_text("\n".join(f"the cat {w}" for w in ["sat", "ran", "sat", "ate"] * 40))
+    assert main(["train", "--model", "Model3", "--backend", "eager", "--epochs", "1", "--bs", "4",
+                 "--bptt", "5", "--text", str(f), "--out", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01binary"])
+def test_bad_text_file_is_one_clear_line(tmp_path, capsys, content):
+    f = tmp_path / "bad.txt"
+    f.write_bytes(content)
+    assert main(["train", "--model", "Model1", "--text", str(f), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hnrnn train: error:") and "Traceback" not in err
+
+
+def test_zoo_table_and_json(tmp_path, capsys):
+    out_json = tmp_path / "zoo.json"
+    assert main(["zoo", "--backend", "eager", "--seeds", "1", "--models", "Model0", "--device", "cpu",
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "| Model0 | 0.3539 / 0.4676 |" in out
+    result = json.loads(out_json.read_text())
+    assert result["rows"][0]["model"] == "Model0" and result["rows"][0]["backend"] == "eager"
+    assert {"device", "torch", "commit"} <= set(result["environment"])
+
+
+def test_console_script_and_module_entry_point():
+    r = subprocess.run([sys.executable, "-m", "hnrnn", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "zoo" in r.stdout and "train" in r.stdout

@@ -1,0 +1,116 @@
+"""Shared by the zoo-cell tests: inputs, the seed's plain PyTorch loop, and comparisons."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hnrnn import reference
+from hnrnn.ops.zoo_cell import zoo_cell_sequence
+
+MODES = [(ns, tr) for ns in (True, False) for tr in (True, False)]  # (norm_state, training)
+PARAMS = ("h0", "emb", "weight", "bias", "bn_weight", "bn_bias")
+
+
+def make_inputs(B, T, H, V=11, dtype=torch.float64, seed=0, device="cpu"):
+    """ids (B, T) and the float inputs in zoo_cell_sequence's order (float64 on the CPU, cast later)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    ids = torch.randint(0, V, (B, T), generator=g)
+    floats = [r(B, H), r(V, H), r(H, H) / H ** 0.5, r(H) * 0.1, 1 + 0.2 * r(H), 0.1 * r(H),
+              0.1 * r(H), 1 + r(H).abs()]
+    return ids.to(device), [f.to(device=device, dtype=dtype) for f in floats]
+
+
+def run(fn, ids, floats, norm_state, training, grad_seed=1, **kw):
+    """Calls an entry point; returns (out, h_T, rm, rv) and the gradients of the six differentiable
+    inputs of the loss sum(out * A) + sum(h_T * C), A and C fixed random."""
+    leaves = [f.detach().clone().requires_grad_(i < 6) for i, f in enumerate(floats)]
+    out, h, rm, rv = fn(ids, *leaves, norm_state, training, **kw)
+    g = torch.Generator().manual_seed(grad_seed)
+    A = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    C = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
+    grads = torch.autograd.grad((out * A).sum() + (h * C).sum(), leaves[:6])
+    return [out.detach(), h.detach(), rm, rv], list(grads)
+
+
+def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_seed=1):
+    """The lesson's loop with real modules (nn.Embedding, nn.Linear, nn.BatchNorm1d called once per
+    step, which updates its own running statistics); same return convention as `run`."""
+    h0, emb, weight, bias, gamma, beta, rm, rv = [f.detach().clone() for f in floats]
+    H, V = weight.shape[0], emb.shape[0]
+    i_h = nn.Embedding(V, H).to(emb)
+    h_h = nn.Linear(H, H).to(weight)
+    bn = nn.BatchNorm1d(H, momentum=momentum, eps=eps).to(gamma)
+    with torch.no_grad():
+        i_h.weight.copy_(emb)
+        h_h.weight.copy_(weight)
+        h_h.bias.copy_(bias)
+        bn.weight.copy_(gamma)
+        bn.bias.copy_(beta)
+        bn.running_mean.copy_(rm)
+        bn.running_var.copy_(rv)
+    bn.train(training)
+    h0 = h0.requires_grad_()
+    h, res = h0, []
+    for i in range(ids.shape[1]):
+        h = h + i_h(ids[:, i])
+        r = F.relu(h_h(h))
+        o = bn(r)
+        res.append(o)
+        h = o if norm_state else r
+    out = torch.stack(res, 1)
+    g = torch.Generator().manual_seed(grad_seed)
+    A = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    C = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
+    leaves = [h0, i_h.weight, h_h.weight, h_h.bias, bn.weight, bn.bias]
+    grads = torch.autograd.grad((out * A).sum() + (h * C).sum(), leaves)
+    return [out.detach(), h.detach(), bn.running_mean.clone(), bn.running_var.clone()], list(grads)
+
+
+def fused(backend):
+    def fn(ids, *args, **kw):
+        return zoo_cell_sequence(ids, *args, backend=backend, **kw)
+    return fn
+
+
+def reference_fn(ids, *args, **kw):
+    return reference.zoo_cell_sequence(ids, *args, **kw)
+
+
+NAMES = ("out", "h_T", "running_mean", "running_var") + tuple("grad_" + p for p in PARAMS)
+
+
+def assert_all_close(got, want, rtol, atol, what=""):
+    """got/want: (values, grads) pairs; compared in float64, each tensor named on failure."""
+    for name, a, b in zip(NAMES, got[0] + got[1], want[0] + want[1]):
+        torch.testing.assert_close(a.double().cpu(), b.double().cpu(), rtol=rtol, atol=atol,
+                                   msg=lambda m: f"{what} {name}: {m}")
+
+
+def max_errors(got, want):
+    return {n: (a.double().cpu() - b.double().cpu()).abs().max().item()
+            for n, a, b in zip(NAMES, got[0] + got[1], want[0] + want[1])}
+
+
+def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu"):
+    ids, f64 = make_inputs(B, T, H, V=V, device=device)
+    truth = run(reference_fn, ids, f64, norm_state, training)
+    what = f"{backend} B={B} T={T} H={H} norm_state={norm_state} training={training}"
+    if backend != "triton":  # the float64 kernels (cpu, cuda) agree to rounding
+        ours64 = run(fused(backend), ids, f64, norm_state, training)
+        assert_all_close(ours64, truth, rtol=1e-7, atol=1e-9, what=what + " float64 vs reference")
+        assert_all_close(ours64, seed_loop(ids, f64, norm_state, training), rtol=1e-7, atol=1e-9,
+                         what=what + " float64 vs seed loop")
+    # float32: the error against float64 truth is bounded by PyTorch's own float32 error (the seed
+    # loop and the reference, in float32) times a factor, plus ~8 float32 ulps of the value's scale.
+    # The factor is 8, not 2: with B = 3 some features have all but one ReLU output at zero, their
+    # batch variance is ill-conditioned, and which implementation rounds luckier is a coin toss
+    # (measured: up to ~7x either way between equally exact float32 computations). A wrong formula
+    # misses by orders of magnitude more.
+    f32 = [f.float() for f in f64]
+    ours = run(fused(backend), ids, f32, norm_state, training)
+    torch_errs = [max_errors(run(reference_fn, ids, f32, norm_state, training), truth),
+                  max_errors(seed_loop(ids, f32, norm_state, training), truth)]
+    errs = max_errors(ours, truth)
+    for name, t in zip(NAMES, truth[0] + truth[1]):
+        bound = 8 * max(e[name] for e in torch_errs) + 1e-6 * (1 + t.abs().max().item())
+        assert errs[name] <= bound, f"{what} float32 {name}: error {errs[name]:.3g} > bound {bound:.3g}"
