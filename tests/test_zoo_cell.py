@@ -230,3 +230,32 @@ def test_step_bad_input():
     ids, f = make_inputs(4, 3, 6, V=5)
     with pytest.raises(ValueError, match=r"ids must be \(B,\)"):
         zoo_cell_step(ids, *f, True, True, backend="reference")
+
+
+@needs_cpu_ext
+@pytest.mark.parametrize("name", ["Model0", "Model1", "Model2", "Model3"])
+def test_zoo_models_on_the_fused_cell_match_eager(name):
+    # hnrnn.zoo calls zoo_cell_sequence: the fused models must train like the seed's code, running
+    # statistics and carried state included (two training batches, then an eval batch).
+    from hnrnn.zoo import MODELS
+    torch.manual_seed(0)
+    eager = MODELS[name](backend="eager").double()
+    fused_m = MODELS[name](backend="cpu").double()
+    fused_m.load_state_dict(eager.state_dict())
+    T = 3 if name in ("Model0", "Model1") else 20
+    for step, training in enumerate((True, True, False)):
+        x = torch.randint(0, 39, (64, T))
+        outs = []
+        for m in (eager, fused_m):
+            m.train(training)
+            m.zero_grad()
+            out = m(x)
+            if training:
+                out.square().mean().backward()
+            outs.append(out.detach())
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-9, atol=1e-10, msg=lambda s: f"step {step}: {s}")
+        for (n, a), b in zip(eager.named_parameters(), fused_m.parameters()):
+            if training:
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-8, atol=1e-10, msg=lambda s: f"{n}.grad: {s}")
+        for (n, a), b in zip(eager.named_buffers(), fused_m.buffers()):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12, msg=lambda s: f"buffer {n}: {s}")
