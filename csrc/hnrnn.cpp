@@ -44,7 +44,21 @@ TORCH_LIBRARY(hnrnn, m) {
         "bool training, float momentum, float eps) -> (Tensor out, Tensor h_new, Tensor new_running_mean, "
         "Tensor new_running_var)", torch::dispatch(c10::DispatchKey::CompositeImplicitAutograd, &zoo_cell_step));
 
-  // --- GRU / RNN recurrence ---
+  // --- GRU / RNN recurrence (one layer, one direction; see hnrnn/ops/rnn.py) ---
+  // gates_x: (T, B, G*H) = x W_ih^T + b_ih for every step (G = 3 for GRU, 1 for RNN);
+  // h0: (B, H); w_hh: (G*H, H); lengths: optional int64 (B,) for packed sequences.
+  // Returns out (T, B, H), h_n (B, H) and the workspace backward needs
+  // (GRU: (T, B, 5H) = [r, z, n, W_hn h + b_hn, h_prev]; RNN: (T, B, 2H) = [h, h_prev]).
+  m.def("gru_recurrence(Tensor gates_x, Tensor h0, Tensor w_hh, Tensor? b_hh, bool reverse, "
+        "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+  // Returns the gradients of the input gates and of the recurrent gates (T, B, 3H), and of h0.
+  m.def("gru_recurrence_backward(Tensor grad_out, Tensor grad_h_n, Tensor ws, Tensor w_hh, "
+        "bool reverse, Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+  m.def("rnn_recurrence(Tensor gates_x, Tensor h0, Tensor w_hh, Tensor? b_hh, bool relu, bool reverse, "
+        "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+  // Returns the gradient of the pre-activation gates (T, B, H) (input and recurrent alike) and of h0.
+  m.def("rnn_recurrence_backward(Tensor grad_out, Tensor grad_h_n, Tensor ws, Tensor w_hh, bool relu, "
+        "bool reverse, Tensor? lengths) -> (Tensor, Tensor)");
 }
 
 static bool cuda_compiled() {

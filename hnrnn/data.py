@@ -115,10 +115,15 @@ def human_numbers() -> TextData:
 def from_text_file(path: str, valid_fraction: float = 0.2) -> TextData:
     """A user's own text through the same pipeline: its lines joined by ', ' like ``readnums``,
     the last ``valid_fraction`` of the lines becoming the validation item."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"text file not found: {path}")
-    with open(path, "rb") as f:
-        raw = f.read()
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
     if b"\x00" in raw:
         raise ValueError(f"{path} looks like a binary file (it contains NUL bytes); expected plain text")
     try:

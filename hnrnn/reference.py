@@ -141,3 +141,52 @@ def recurrent_network(x: Tensor, h0: Tensor, weights: List[List[Optional[Tensor]
             keep = torch.empty_like(layer_input).bernoulli_(1 - dropout, generator=generator)
             layer_input = layer_input * keep / (1 - dropout)
     return layer_input, torch.stack(h_n, 0)
+
+
+# ---------------------------------------------------------------------------
+# Recurrence level (what the fused GRU / RNN ops compute): the input projection of all
+# steps is done beforehand, gates_x[t] = x[t] W_ih^T + b_ih, and only the recurrence is left.
+# lengths (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
+# t < lengths[b]; masked steps output 0 and keep the state (so h_n is the last valid state,
+# and a reverse direction starts at lengths[b] - 1).
+# ---------------------------------------------------------------------------
+
+
+def _masked_scan(gates_x: Tensor, h0: Tensor, step, reverse: bool,
+                 lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    T = gates_x.shape[0]
+    steps = range(T - 1, -1, -1) if reverse else range(T)
+    h = h0
+    outs: List[Tensor] = [None] * T  # type: ignore[list-item]
+    for t in steps:
+        h_new = step(gates_x[t], h)
+        if lengths is None:
+            h = h_new
+            outs[t] = h_new
+        else:
+            active = (t < lengths.to(h.device)).unsqueeze(1)
+            h = torch.where(active, h_new, h)
+            outs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+    return torch.stack(outs, 0), h
+
+
+def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                   reverse: bool = False, lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """GRU recurrence on pre-projected input gates. gates_x: (T, B, 3H); h0: (B, H).
+    Returns (out (T, B, H), h_n (B, H))."""
+    def step(gx: Tensor, h: Tensor) -> Tensor:
+        i_r, i_z, i_n = gx.chunk(3, -1)
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, -1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        return (1 - z) * n + z * h
+    return _masked_scan(gates_x, h0, step, reverse, lengths)
+
+
+def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                   nonlinearity: str = "tanh", reverse: bool = False,
+                   lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Vanilla-RNN recurrence on pre-projected input gates. gates_x: (T, B, H); h0: (B, H)."""
+    act = {"tanh": torch.tanh, "relu": torch.relu}[nonlinearity]
+    return _masked_scan(gates_x, h0, lambda gx, h: act(gx + F.linear(h, w_hh, b_hh)), reverse, lengths)

@@ -58,13 +58,13 @@ class _ZooModel(nn.Module):
             bn.running_mean, bn.running_var, norm_state=norm_state, training=self.training,
             momentum=bn.momentum, eps=bn.eps, backend=None if self.backend == "auto" else self.backend)
         if self.training:
-            # Through .data: no version bump. An eager self.bn call earlier in the same forward
-            # (Model0's first step) saved these buffers for its backward; a plain copy_ would make
-            # that backward fail ("modified by an inplace operation"). nn.BatchNorm1d's own update
-            # does not bump the version either.
+            # Update the buffers in place without bumping their autograd version, as
+            # nn.BatchNorm1d's own kernel does: an earlier eager BN call (Model0's first step)
+            # saved them for its backward, and they are only read there in eval mode.
             with torch.no_grad():
-                bn.running_mean.data.copy_(rm)
-                bn.running_var.data.copy_(rv)
+                for buf, new in ((bn.running_mean, rm), (bn.running_var, rv)):
+                    with torch.autograd._unsafe_preserve_version_counter(buf):
+                        buf.copy_(new)
                 bn.num_batches_tracked.add_(ids.shape[1])
         return out, h
 

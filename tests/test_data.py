@@ -152,3 +152,20 @@ def test_user_text_file_errors(tmp_path, content, match):
 def test_missing_text_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         from_text_file(str(tmp_path / "nope.txt"))
+
+
+def test_directory_is_not_a_text_file(tmp_path):
+    with pytest.raises(ValueError, match="not a regular file"):
+        from_text_file(str(tmp_path))
+
+
+def test_unreadable_text_file(tmp_path, monkeypatch):
+    f = tmp_path / "locked.txt"
+    f.write_text("one\ntwo\n")
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(ValueError, match="cannot read .*Permission denied"):
+        from_text_file(str(f))

@@ -1,0 +1,402 @@
+// CPU kernels of the GRU / vanilla-RNN recurrences (one layer, one direction).
+//
+// The input projection of all steps (gates_x = x W_ih^T + b_ih) is one GEMM done by the
+// caller. Here, per step: one BLAS GEMM for the recurrent gates into a preallocated buffer,
+// then one fused, auto-vectorised pointwise pass (gate math from rnn_math.h). Backward
+// keeps only dh_prev = dh * z + dG_h W_hh sequential; the weight / input gradients are
+// big GEMMs done by the caller on the returned per-step gate gradients.
+//
+// Workspace layouts (shared with every backend, see hnrnn/ops/rnn.py):
+//   GRU: ws (T, B, 5H) = [r, z, n, gh_n, h_prev]      RNN: ws (T, B, 2H) = [h, h_prev]
+// Masking (lengths, for packed sequences): step t of sequence b is active iff
+// t < lengths[b]; inactive steps output 0, keep the state, and pass gradients through.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+// The gate math must auto-vectorise: its selects (clamps, relu) and divisions only
+// if-convert when GCC may assume FP operations do not trap. Set before rnn_math.h so its
+// inline functions get it too (and stay inlinable into the kernels below).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+#include "rnn_math.h"
+
+// float kernels are compiled for AVX-512 / AVX2+FMA / baseline and picked at load time
+// (ifunc), as the extension is built with generic flags.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define HNRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HNRNN_CPU_CLONES
+#endif
+#if defined(__GNUC__)
+#define HNRNN_INLINE inline __attribute__((always_inline))
+#else
+#define HNRNN_INLINE inline
+#endif
+
+namespace hnrnn {
+namespace {
+
+void check_inputs(const at::Tensor& gates_x, const at::Tensor& h0, const at::Tensor& w_hh,
+                  const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+                  int64_t gates) {
+  TORCH_CHECK(gates_x.dim() == 3, "gates_x must be (T, B, G*H), got ", gates_x.sizes());
+  TORCH_CHECK(h0.dim() == 2, "h0 must be (B, H), got ", h0.sizes());
+  const int64_t B = gates_x.size(1), H = h0.size(1);
+  TORCH_CHECK(h0.size(0) == B, "h0 batch ", h0.size(0), " != gates_x batch ", B);
+  TORCH_CHECK(gates_x.size(2) == gates * H, "gates_x last dim must be ", gates * H, ", got ",
+              gates_x.size(2));
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H && w_hh.size(1) == H,
+              "w_hh must be (", gates * H, ", ", H, "), got ", w_hh.sizes());
+  TORCH_CHECK(gates_x.scalar_type() == h0.scalar_type() && w_hh.scalar_type() == h0.scalar_type(),
+              "gates_x, h0 and w_hh must have the same dtype");
+  if (b_hh.has_value()) {
+    TORCH_CHECK(b_hh->numel() == gates * H, "b_hh must have ", gates * H, " elements");
+    TORCH_CHECK(b_hh->scalar_type() == h0.scalar_type(), "b_hh must have the dtype of h0");
+  }
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "lengths must be (B,)");
+    TORCH_CHECK(lengths->scalar_type() == at::kLong, "lengths must be int64");
+  }
+}
+
+// lengths as a host vector; no lengths = every step active.
+std::vector<int64_t> host_lengths(const c10::optional<at::Tensor>& lengths, int64_t B, int64_t T) {
+  std::vector<int64_t> len(B, T);
+  if (lengths.has_value()) {
+    auto l = lengths->to(at::kCPU).contiguous();
+    const int64_t* p = l.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) len[b] = p[b];
+  }
+  return len;
+}
+
+at::Tensor bias_or_zeros(const c10::optional<at::Tensor>& b_hh, int64_t n, const at::Tensor& like) {
+  return b_hh.has_value() ? b_hh->contiguous().view({n}) : at::zeros({n}, like.options());
+}
+
+// ---------------------------------------------------------------- GRU
+// Pointwise passes over one batch row (H units). always_inline: they must be compiled
+// inside the target_clones step functions below to be vectorised for the wide targets.
+template <typename T>
+HNRNN_INLINE void gru_row_fwd(int64_t H, const T* __restrict__ gx, const T* __restrict__ gh,
+                              const T* __restrict__ bh, T* __restrict__ h, T* __restrict__ out,
+                              T* __restrict__ ws) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T hp = h[j];
+    const T gh_n = gh[2 * H + j] + bh[2 * H + j];
+    GruGates<T> g = gru_forward<T>(gx[j], gx[H + j], gx[2 * H + j], gh[j] + bh[j],
+                                   gh[H + j] + bh[H + j], gh_n, hp);
+    ws[j] = g.r;
+    ws[H + j] = g.z;
+    ws[2 * H + j] = g.n;
+    ws[3 * H + j] = gh_n;
+    ws[4 * H + j] = hp;
+    out[j] = g.h;
+    h[j] = g.h;
+  }
+}
+
+template <typename T>
+HNRNN_INLINE void gru_row_bwd(int64_t H, const T* __restrict__ dh_carry, const T* __restrict__ gout,
+                              const T* __restrict__ ws, T* __restrict__ dgx, T* __restrict__ dgh,
+                              T* __restrict__ dprev) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T dh = dh_carry[j] + gout[j];
+    GruGrads<T> g = gru_backward<T>(dh, ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j], ws[4 * H + j]);
+    dgx[j] = g.d_r;
+    dgx[H + j] = g.d_z;
+    dgx[2 * H + j] = g.d_n;
+    dgh[j] = g.d_r;
+    dgh[H + j] = g.d_z;
+    dgh[2 * H + j] = g.d_hn;
+    dprev[j] = g.dh_prev;
+  }
+}
+
+// One step over rows [0, nb) of a batch slice. Row strides: gates 3H, ws 5H, state H.
+// A masked row outputs 0, keeps its state, and leaves finite zeros / its state in the
+// workspace (the dW_hh GEMM multiplies them by zero gate gradients).
+template <typename T>
+HNRNN_INLINE void gru_step_fwd(int64_t nb, int64_t H, int64_t t, const int64_t* len, const T* gx,
+                               const T* gh, const T* bh, T* h, T* out, T* ws) {
+  for (int64_t b = 0; b < nb; ++b) {
+    if (t < len[b]) {
+      gru_row_fwd<T>(H, gx + b * 3 * H, gh + b * 3 * H, bh, h + b * H, out + b * H, ws + b * 5 * H);
+    } else {
+      std::fill(out + b * H, out + (b + 1) * H, T(0));
+      std::fill(ws + b * 5 * H, ws + b * 5 * H + 4 * H, T(0));
+      std::copy(h + b * H, h + (b + 1) * H, ws + b * 5 * H + 4 * H);
+    }
+  }
+}
+
+// Backward step: a masked row passes its carried gradient through (out[t, b] was a
+// constant 0, so grad_out[t, b] does not reach the state) and has zero gate gradients.
+template <typename T>
+HNRNN_INLINE void gru_step_bwd(int64_t nb, int64_t H, int64_t t, const int64_t* len, const T* dh,
+                               const T* go, const T* ws, T* dgx, T* dgh, T* dprev) {
+  for (int64_t b = 0; b < nb; ++b) {
+    if (t < len[b]) {
+      gru_row_bwd<T>(H, dh + b * H, go + b * H, ws + b * 5 * H, dgx + b * 3 * H, dgh + b * 3 * H,
+                     dprev + b * H);
+    } else {
+      std::copy(dh + b * H, dh + (b + 1) * H, dprev + b * H);
+      std::fill(dgx + b * 3 * H, dgx + (b + 1) * 3 * H, T(0));
+      std::fill(dgh + b * 3 * H, dgh + (b + 1) * 3 * H, T(0));
+    }
+  }
+}
+
+HNRNN_CPU_CLONES void gru_step_fwd_f32(int64_t nb, int64_t H, int64_t t, const int64_t* len, const float* gx,
+                                       const float* gh, const float* bh, float* h, float* out, float* ws) {
+  gru_step_fwd<float>(nb, H, t, len, gx, gh, bh, h, out, ws);
+}
+HNRNN_CPU_CLONES void gru_step_bwd_f32(int64_t nb, int64_t H, int64_t t, const int64_t* len, const float* dh,
+                                       const float* go, const float* ws, float* dgx, float* dgh, float* dprev) {
+  gru_step_bwd<float>(nb, H, t, len, dh, go, ws, dgx, dgh, dprev);
+}
+// float goes through the vectorised clones; double (tests, gradcheck) through the template.
+template <typename T>
+void gru_step_fwd_any(int64_t nb, int64_t H, int64_t t, const int64_t* len, const T* gx, const T* gh,
+                      const T* bh, T* h, T* out, T* ws) {
+  if constexpr (std::is_same_v<T, float>) {
+    gru_step_fwd_f32(nb, H, t, len, gx, gh, bh, h, out, ws);
+  } else {
+    gru_step_fwd<T>(nb, H, t, len, gx, gh, bh, h, out, ws);
+  }
+}
+template <typename T>
+void gru_step_bwd_any(int64_t nb, int64_t H, int64_t t, const int64_t* len, const T* dh, const T* go,
+                      const T* ws, T* dgx, T* dgh, T* dprev) {
+  if constexpr (std::is_same_v<T, float>) {
+    gru_step_bwd_f32(nb, H, t, len, dh, go, ws, dgx, dgh, dprev);
+  } else {
+    gru_step_bwd<T>(nb, H, t, len, dh, go, ws, dgx, dgh, dprev);
+  }
+}
+
+// Batch rows are independent through the whole recurrence (forward and backward), so each
+// thread runs the complete time loop on its own slice of rows: no synchronisation per
+// step, and the small per-step GEMMs run single-threaded inside the parallel region.
+constexpr int64_t kRowsPerTask = 16;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
+    const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
+    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  check_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 3);
+  const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
+  const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
+  at::Tensor out = at::empty({T, B, H}, h0.options());
+  at::Tensor ws = at::empty({T, B, 5 * H}, h0.options());
+  at::Tensor h = h0.contiguous().clone();  // the running state, returned as h_n
+  at::Tensor gh = at::empty({B, 3 * H}, h0.options());
+  const at::Tensor bias = bias_or_zeros(b_hh, 3 * H, h0);
+  const auto len = host_lengths(lengths, B, T);
+  const at::Tensor w_t = w_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_recurrence_cpu", [&] {
+    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+      const int64_t nb = b1 - b0;
+      at::Tensor h_s = h.narrow(0, b0, nb), gh_s = gh.narrow(0, b0, nb);
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        at::mm_out(gh_s, h_s, w_t);
+        gru_step_fwd_any<scalar_t>(nb, H, t, len.data() + b0,
+                                   gates_x.data_ptr<scalar_t>() + (t * B + b0) * 3 * H,
+                                   gh_s.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), h_s.data_ptr<scalar_t>(),
+                                   out.data_ptr<scalar_t>() + (t * B + b0) * H,
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 5 * H);
+      }
+    });
+  });
+  return std::make_tuple(out, h, ws);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& grad_h_n, const at::Tensor& ws_, const at::Tensor& w_hh_,
+    bool reverse, const c10::optional<at::Tensor>& lengths) {
+  const at::Tensor grad_out = grad_out_.contiguous(), ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
+  const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
+  TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == 5 * H, "bad GRU workspace shape");
+  TORCH_CHECK(grad_h_n.dim() == 2 && grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
+  at::Tensor dgx = at::empty({T, B, 3 * H}, grad_out.options());
+  at::Tensor dgh = at::empty({T, B, 3 * H}, grad_out.options());
+  at::Tensor dh0 = grad_h_n.contiguous().clone();
+  at::Tensor dprev = at::empty({B, H}, grad_out.options());
+  const auto len = host_lengths(lengths, B, T);
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "gru_recurrence_backward_cpu", [&] {
+    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+      const int64_t nb = b1 - b0;
+      at::Tensor dh_s = dh0.narrow(0, b0, nb), dprev_s = dprev.narrow(0, b0, nb);
+      for (int64_t s = T - 1; s >= 0; --s) {  // the forward order, reversed
+        const int64_t t = reverse ? T - 1 - s : s;
+        scalar_t* dght = dgh.data_ptr<scalar_t>() + (t * B + b0) * 3 * H;
+        gru_step_bwd_any<scalar_t>(nb, H, t, len.data() + b0, dh_s.data_ptr<scalar_t>(),
+                                   grad_out.data_ptr<scalar_t>() + (t * B + b0) * H,
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 5 * H,
+                                   dgx.data_ptr<scalar_t>() + (t * B + b0) * 3 * H, dght,
+                                   dprev_s.data_ptr<scalar_t>());
+        dprev_s.addmm_(dgh[t].narrow(0, b0, nb), w_hh);  // dh_prev += dG_h W_hh
+        std::swap(dh_s, dprev_s);
+      }
+      if (T % 2 == 1) dh0.narrow(0, b0, nb).copy_(dh_s);  // the carry ended in the other buffer
+    });
+  });
+  return std::make_tuple(dgx, dgh, dh0);
+}
+
+// ---------------------------------------------------------------- vanilla RNN
+template <typename T>
+HNRNN_INLINE void rnn_step_fwd(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
+                               const T* gx, const T* gh, const T* bh, T* h, T* out, T* ws) {
+  for (int64_t b = 0; b < nb; ++b) {
+    T* __restrict__ hb = h + b * H;
+    T* __restrict__ ob = out + b * H;
+    T* __restrict__ wb = ws + b * 2 * H;
+    const T* __restrict__ xb = gx + b * H;
+    const T* __restrict__ gb = gh + b * H;
+    if (t >= len[b]) {
+      std::fill(ob, ob + H, T(0));
+      std::fill(wb, wb + H, T(0));
+      std::copy(hb, hb + H, wb + H);
+    } else if (relu) {
+      for (int64_t j = 0; j < H; ++j) {
+        const T hn = rnn_forward<T>(xb[j] + gb[j] + bh[j], true);
+        wb[H + j] = hb[j]; wb[j] = hn; ob[j] = hn; hb[j] = hn;
+      }
+    } else {
+      for (int64_t j = 0; j < H; ++j) {
+        const T hn = rnn_forward<T>(xb[j] + gb[j] + bh[j], false);
+        wb[H + j] = hb[j]; wb[j] = hn; ob[j] = hn; hb[j] = hn;
+      }
+    }
+  }
+}
+
+// dprev gets the direct part of dh_prev: 0 for active rows (all of it flows through W_hh),
+// the carried gradient for masked rows.
+template <typename T>
+HNRNN_INLINE void rnn_step_bwd(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
+                               const T* dh, const T* go, const T* ws, T* dg, T* dprev) {
+  for (int64_t b = 0; b < nb; ++b) {
+    const T* __restrict__ dhb = dh + b * H;
+    const T* __restrict__ gob = go + b * H;
+    const T* __restrict__ hb = ws + b * 2 * H;
+    T* __restrict__ dgb = dg + b * H;
+    T* __restrict__ dpb = dprev + b * H;
+    if (t >= len[b]) {
+      std::copy(dhb, dhb + H, dpb);
+      std::fill(dgb, dgb + H, T(0));
+    } else {
+      for (int64_t j = 0; j < H; ++j) {
+        dgb[j] = rnn_backward<T>(dhb[j] + gob[j], hb[j], relu);
+        dpb[j] = T(0);
+      }
+    }
+  }
+}
+
+HNRNN_CPU_CLONES void rnn_step_fwd_f32(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
+                                       const float* gx, const float* gh, const float* bh, float* h, float* out,
+                                       float* ws) {
+  rnn_step_fwd<float>(nb, H, relu, t, len, gx, gh, bh, h, out, ws);
+}
+HNRNN_CPU_CLONES void rnn_step_bwd_f32(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
+                                       const float* dh, const float* go, const float* ws, float* dg,
+                                       float* dprev) {
+  rnn_step_bwd<float>(nb, H, relu, t, len, dh, go, ws, dg, dprev);
+}
+template <typename T>
+void rnn_step_fwd_any(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len, const T* gx,
+                      const T* gh, const T* bh, T* h, T* out, T* ws) {
+  if constexpr (std::is_same_v<T, float>) {
+    rnn_step_fwd_f32(nb, H, relu, t, len, gx, gh, bh, h, out, ws);
+  } else {
+    rnn_step_fwd<T>(nb, H, relu, t, len, gx, gh, bh, h, out, ws);
+  }
+}
+template <typename T>
+void rnn_step_bwd_any(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len, const T* dh,
+                      const T* go, const T* ws, T* dg, T* dprev) {
+  if constexpr (std::is_same_v<T, float>) {
+    rnn_step_bwd_f32(nb, H, relu, t, len, dh, go, ws, dg, dprev);
+  } else {
+    rnn_step_bwd<T>(nb, H, relu, t, len, dh, go, ws, dg, dprev);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
+    const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
+    const c10::optional<at::Tensor>& b_hh, bool relu, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  check_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 1);
+  const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
+  const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
+  at::Tensor out = at::empty({T, B, H}, h0.options());
+  at::Tensor ws = at::empty({T, B, 2 * H}, h0.options());
+  at::Tensor h = h0.contiguous().clone();
+  at::Tensor gh = at::empty({B, H}, h0.options());
+  const at::Tensor bias = bias_or_zeros(b_hh, H, h0);
+  const auto len = host_lengths(lengths, B, T);
+  const at::Tensor w_t = w_hh.t();
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnn_recurrence_cpu", [&] {
+    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+      const int64_t nb = b1 - b0;
+      at::Tensor h_s = h.narrow(0, b0, nb), gh_s = gh.narrow(0, b0, nb);
+      for (int64_t s = 0; s < T; ++s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        at::mm_out(gh_s, h_s, w_t);
+        rnn_step_fwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, gates_x.data_ptr<scalar_t>() + (t * B + b0) * H,
+                                   gh_s.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), h_s.data_ptr<scalar_t>(),
+                                   out.data_ptr<scalar_t>() + (t * B + b0) * H,
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H);
+      }
+    });
+  });
+  return std::make_tuple(out, h, ws);
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& grad_h_n, const at::Tensor& ws_, const at::Tensor& w_hh_,
+    bool relu, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  const at::Tensor grad_out = grad_out_.contiguous(), ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
+  const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
+  TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == 2 * H, "bad RNN workspace shape");
+  TORCH_CHECK(grad_h_n.dim() == 2 && grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
+  at::Tensor dg = at::empty({T, B, H}, grad_out.options());
+  at::Tensor dh0 = grad_h_n.contiguous().clone();
+  at::Tensor dprev = at::empty({B, H}, grad_out.options());
+  const auto len = host_lengths(lengths, B, T);
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "rnn_recurrence_backward_cpu", [&] {
+    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+      const int64_t nb = b1 - b0;
+      at::Tensor dh_s = dh0.narrow(0, b0, nb), dprev_s = dprev.narrow(0, b0, nb);
+      for (int64_t s = T - 1; s >= 0; --s) {
+        const int64_t t = reverse ? T - 1 - s : s;
+        scalar_t* dgt = dg.data_ptr<scalar_t>() + (t * B + b0) * H;
+        rnn_step_bwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, dh_s.data_ptr<scalar_t>(),
+                                   grad_out.data_ptr<scalar_t>() + (t * B + b0) * H,
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H, dgt,
+                                   dprev_s.data_ptr<scalar_t>());
+        dprev_s.addmm_(dg[t].narrow(0, b0, nb), w_hh);  // dh_prev += dG W_hh
+        std::swap(dh_s, dprev_s);
+      }
+      if (T % 2 == 1) dh0.narrow(0, b0, nb).copy_(dh_s);
+    });
+  });
+  return std::make_tuple(dg, dh0);
+}
+
+}  // namespace
+}  // namespace hnrnn
+
+TORCH_LIBRARY_IMPL(hnrnn, CPU, m) {
+  m.impl("gru_recurrence", &hnrnn::gru_recurrence_cpu);
+  m.impl("gru_recurrence_backward", &hnrnn::gru_recurrence_backward_cpu);
+  m.impl("rnn_recurrence", &hnrnn::rnn_recurrence_cpu);
+  m.impl("rnn_recurrence_backward", &hnrnn::rnn_recurrence_backward_cpu);
+}

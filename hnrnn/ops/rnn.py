@@ -1,0 +1,266 @@
+"""GRU / vanilla-RNN op family.
+
+Design (haste-style): the input projection of every time step is one GEMM done here in
+ATen (`gates_x = x W_ih^T + b_ih`); the recurrence of one layer and one direction is one
+fused op:
+
+  hnrnn::gru_recurrence(gates_x, h0, w_hh, b_hh?, reverse, lengths?) -> (out, h_n, ws)
+  hnrnn::rnn_recurrence(gates_x, h0, w_hh, b_hh?, relu, reverse, lengths?) -> (out, h_n, ws)
+
+with backward ops that keep only `dh_prev = dh * z + dG_h W_hh` sequential and return the
+per-step gate gradients; `dW_hh`, `db_hh` (here) and `dW_ih`, `db_ih`, `dx` (autograd of
+the projection GEMM) are then big GEMMs / reductions over all steps at once. Deterministic.
+
+Backends: `cpu` / `cuda` are the compiled ops above (hnrnn._C, one schema, per-device
+kernels); `triton` are the same ops as `hnrnn::*_triton` (torch.library.triton_op, kernels in
+hnrnn.kernels); `reference` is hnrnn.reference.{gru,rnn}_recurrence under plain autograd.
+
+Workspace `ws` (what backward needs, produced by every compiled/Triton backend alike):
+  GRU (T, B, 5H) = [r, z, n, W_hn h_prev + b_hn, h_prev];   RNN (T, B, 2H) = [h, h_prev].
+`lengths` (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
+t < lengths[b]; masked steps output 0 and carry the state (see hnrnn.reference).
+"""
+import functools
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hnrnn import reference
+from hnrnn.ops._backend import extension, resolve
+
+MODES = ("gru", "rnn_tanh", "rnn_relu")
+_WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
+
+
+# ---------------------------------------------------------------------------
+# autograd, shared by the compiled and the Triton ops
+# ---------------------------------------------------------------------------
+
+def _weight_grads(ctx, dgh: Tensor, ws: Tensor, H: int, gates: int):
+    """dW_hh = sum_t dG_h[t]^T h_prev[t] and db_hh = sum_t dG_h[t]: one GEMM, one reduction."""
+    needs = getattr(ctx, "needs_input_grad", (True,) * 4)
+    dgh2 = dgh.reshape(-1, gates * H)
+    dw = dgh2.t() @ ws[..., (_WS["gru" if gates == 3 else "rnn"] - 1) * H:].reshape(-1, H) if needs[2] else None
+    db = dgh2.sum(0) if ctx.has_bias and needs[3] else None
+    return dw, db
+
+
+def _grads_or_zeros(grad_out: Optional[Tensor], grad_h_n: Optional[Tensor], ws: Tensor, H: int):
+    T, B = ws.shape[0], ws.shape[1]
+    if grad_out is None:
+        grad_out = ws.new_zeros((T, B, H))
+    if grad_h_n is None:
+        grad_h_n = ws.new_zeros((B, H))
+    return grad_out.contiguous(), grad_h_n.contiguous()
+
+
+def _gru_setup_context(ctx, inputs, output):
+    _gates_x, _h0, w_hh, b_hh, reverse, lengths = inputs
+    ws = output[2]
+    ctx.save_for_backward(ws, w_hh, lengths)
+    ctx.reverse = reverse
+    ctx.has_bias = b_hh is not None
+    ctx.mark_non_differentiable(ws)
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    _gates_x, _h0, w_hh, b_hh, relu, reverse, lengths = inputs
+    ws = output[2]
+    ctx.save_for_backward(ws, w_hh, lengths)
+    ctx.relu = relu
+    ctx.reverse = reverse
+    ctx.has_bias = b_hh is not None
+    ctx.mark_non_differentiable(ws)
+
+
+def _gru_backward_with(bwd_op):
+    def backward(ctx, grad_out, grad_h_n, _grad_ws):
+        ws, w_hh, lengths = ctx.saved_tensors
+        H = w_hh.shape[1]
+        grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, H)
+        dgx, dgh, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.reverse, lengths)
+        dw, db = _weight_grads(ctx, dgh, ws, H, 3)
+        return dgx, dh0, dw, db, None, None
+    return backward
+
+
+def _rnn_backward_with(bwd_op):
+    def backward(ctx, grad_out, grad_h_n, _grad_ws):
+        ws, w_hh, lengths = ctx.saved_tensors
+        H = w_hh.shape[1]
+        grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, H)
+        dg, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.relu, ctx.reverse, lengths)
+        dw, db = _weight_grads(ctx, dg, ws, H, 1)
+        return dg, dh0, dw, db, None, None, None
+    return backward
+
+
+def _fake_forward(gates_x: Tensor, h0: Tensor, kind: str):
+    T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
+    return (gates_x.new_empty((T, B, H)), h0.new_empty((B, H)),
+            gates_x.new_empty((T, B, _WS[kind] * H)))
+
+
+# ---------------------------------------------------------------------------
+# compiled ops (hnrnn._C): fake kernels and autograd
+# ---------------------------------------------------------------------------
+
+def _register_compiled():
+    if extension() is None or not hasattr(torch.ops.hnrnn, "gru_recurrence"):
+        return False
+
+    @torch.library.register_fake("hnrnn::gru_recurrence")
+    def _(gates_x, h0, w_hh, b_hh, reverse, lengths):
+        return _fake_forward(gates_x, h0, "gru")
+
+    @torch.library.register_fake("hnrnn::gru_recurrence_backward")
+    def _(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
+        T, B, H = grad_out.shape
+        return grad_out.new_empty((T, B, 3 * H)), grad_out.new_empty((T, B, 3 * H)), grad_h_n.new_empty((B, H))
+
+    @torch.library.register_fake("hnrnn::rnn_recurrence")
+    def _(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
+        return _fake_forward(gates_x, h0, "rnn")
+
+    @torch.library.register_fake("hnrnn::rnn_recurrence_backward")
+    def _(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
+        return grad_out.new_empty(grad_out.shape), grad_h_n.new_empty(grad_h_n.shape)
+
+    torch.library.register_autograd(
+        "hnrnn::gru_recurrence", _gru_backward_with(torch.ops.hnrnn.gru_recurrence_backward),
+        setup_context=_gru_setup_context)
+    torch.library.register_autograd(
+        "hnrnn::rnn_recurrence", _rnn_backward_with(torch.ops.hnrnn.rnn_recurrence_backward),
+        setup_context=_rnn_setup_context)
+    return True
+
+
+_COMPILED = _register_compiled()
+
+
+# ---------------------------------------------------------------------------
+# Triton ops (registered on first use: importing triton is not free)
+# ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def triton_ops():
+    """The Triton ops, registered once: (gru_fwd, gru_bwd, rnn_fwd, rnn_bwd)."""
+    from torch.library import triton_op
+
+    from hnrnn.kernels import gru as kgru
+    from hnrnn.kernels import rnn as krnn
+
+    @triton_op("hnrnn::gru_recurrence_triton", mutates_args=())
+    def gru_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], reverse: bool,
+                lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        return kgru.gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths)
+
+    @triton_op("hnrnn::gru_recurrence_backward_triton", mutates_args=())
+    def gru_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, reverse: bool,
+                lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        return kgru.gru_backward(grad_out, grad_h_n, ws, w_hh, reverse, lengths)
+
+    @triton_op("hnrnn::rnn_recurrence_triton", mutates_args=())
+    def rnn_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], relu: bool,
+                reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        return krnn.rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+
+    @triton_op("hnrnn::rnn_recurrence_backward_triton", mutates_args=())
+    def rnn_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, relu: bool,
+                reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        return krnn.rnn_backward(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths)
+
+    gru_fwd.register_autograd(_gru_backward_with(gru_bwd), setup_context=_gru_setup_context)
+    rnn_fwd.register_autograd(_rnn_backward_with(rnn_bwd), setup_context=_rnn_setup_context)
+    return gru_fwd, gru_bwd, rnn_fwd, rnn_bwd
+
+
+# ---------------------------------------------------------------------------
+# public entry points
+# ---------------------------------------------------------------------------
+
+_COMPILED_DTYPES = {"cpu": (torch.float32, torch.float64),
+                    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+
+
+def _backend_for(backend: Optional[str], t: Tensor) -> str:
+    b = resolve(backend, t.device)
+    # An automatic choice falls back to the reference for dtypes a kernel does not cover
+    # (e.g. bfloat16 on CPU); an explicit one is taken at its word.
+    if (backend in (None, "auto") and b in _COMPILED_DTYPES and t.dtype not in _COMPILED_DTYPES[b]):
+        return "reference"
+    return b
+
+
+def _check_lengths(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+    if lengths is None:
+        return None
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
+                   reverse: bool = False, lengths: Optional[Tensor] = None,
+                   backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """GRU recurrence of one layer and direction. gates_x: (T, B, 3H) = x W_ih^T + b_ih;
+    h0: (B, H); w_hh: (3H, H). Returns (out (T, B, H), h_n (B, H))."""
+    b = _backend_for(backend, gates_x)
+    lengths = _check_lengths(lengths, gates_x.device)
+    if b == "reference":
+        return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
+    if b == "triton":
+        out, h_n, _ = triton_ops()[0](gates_x, h0, w_hh, b_hh, reverse, lengths)
+    else:
+        out, h_n, _ = torch.ops.hnrnn.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
+    return out, h_n
+
+
+def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
+                   nonlinearity: str = "tanh", reverse: bool = False, lengths: Optional[Tensor] = None,
+                   backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Vanilla-RNN recurrence of one layer and direction. gates_x: (T, B, H); w_hh: (H, H)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    b = _backend_for(backend, gates_x)
+    lengths = _check_lengths(lengths, gates_x.device)
+    relu = nonlinearity == "relu"
+    if b == "reference":
+        return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
+    if b == "triton":
+        out, h_n, _ = triton_ops()[2](gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+    else:
+        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+    return out, h_n
+
+
+def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Optional[Tensor]]], mode: str,
+                      num_layers: int, bidirectional: bool = False, dropout: float = 0.0,
+                      training: bool = False, lengths: Optional[Tensor] = None,
+                      backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """Stacked, optionally bidirectional GRU / RNN, time-major: input (T, B, I);
+    hx (num_layers * num_directions, B, H); weights[layer * num_directions + direction] =
+    [w_ih, w_hh, b_ih, b_hh] (biases may be None). Dropout between layers as torch.nn does
+    (F.dropout on each layer's output but the last, so the RNG stream matches ATen's).
+    Returns (out (T, B, num_directions * H), h_n)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    dirs = 2 if bidirectional else 1
+    layer_input = input
+    h_n: List[Tensor] = []
+    for layer in range(num_layers):
+        outs: List[Tensor] = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w_ih, w_hh, b_ih, b_hh = weights[k]
+            gates_x = F.linear(layer_input, w_ih, b_ih)  # every step at once: one GEMM
+            if mode == "gru":
+                out, h = gru_recurrence(gates_x, hx[k], w_hh, b_hh, d == 1, lengths, backend)
+            else:
+                out, h = rnn_recurrence(gates_x, hx[k], w_hh, b_hh, mode[4:], d == 1, lengths, backend)
+            outs.append(out)
+            h_n.append(h)
+        layer_input = torch.cat(outs, -1) if dirs == 2 else outs[0]
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, True)
+    return layer_input, torch.stack(h_n, 0)

@@ -1,0 +1,21 @@
+"""Small helpers shared by the Triton recurrence launchers."""
+import torch
+import triton
+import triton.language as tl
+
+
+def block_sizes(B: int, H: int):
+    """(BLOCK_B, BLOCK_H): powers of two, at least 16 (the smallest tl.dot tile)."""
+    block_h = max(16, triton.next_power_of_2(H))
+    block_b = 16 if block_h >= 128 else max(16, min(32, triton.next_power_of_2(B)))
+    return block_b, block_h
+
+
+def compute_dtype(dtype: torch.dtype):
+    """State and gate math run in fp32 (fp64 for float64 inputs)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """IEEE products for float32 (no TF32 rounding); 16-bit inputs use the tensor-core default."""
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"

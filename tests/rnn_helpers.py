@@ -1,0 +1,71 @@
+"""Shared helpers of the GRU / RNN tests (CPU, Triton interpreter and GPU tiers)."""
+import copy
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+import hnrnn.nn
+
+
+def make_pair(kind, input_size, hidden_size, backend, dtype=torch.float64, device="cpu", **kw):
+    """(torch.nn module, hnrnn module) with identical weights."""
+    torch_cls = {"gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    ours_cls = {"gru": hnrnn.nn.GRU, "rnn": hnrnn.nn.RNN}[kind]
+    ref = torch_cls(input_size, hidden_size, dtype=dtype, device=device, **kw)
+    ours = ours_cls(input_size, hidden_size, dtype=dtype, device=device, backend=backend, **kw)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _data(t):
+    return t.data if isinstance(t, PackedSequence) else t
+
+
+def run_with_grads(mod, x, h0, g_out, g_h):
+    """Forward, then backward of a fixed random projection of (output, h_n). Returns
+    [output, h_n, d input, d h0 (if given), d every parameter] (detached)."""
+    mod.zero_grad()
+    xs = [x.data if isinstance(x, PackedSequence) else x]
+    for t in xs + ([h0] if h0 is not None else []):
+        t.grad = None
+    out, h_n = mod(x, h0) if h0 is not None else mod(x)
+    loss = (_data(out) * g_out).sum() + (h_n * g_h).sum()
+    loss.backward()
+    res = [_data(out).detach(), h_n.detach(), xs[0].grad.clone()]
+    if h0 is not None:
+        res.append(h0.grad.clone())
+    res += [p.grad.clone() for p in mod.parameters()]
+    return res
+
+
+def leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+def packed_leaf(p):
+    return PackedSequence(leaf(p.data), p.batch_sizes, p.sorted_indices, p.unsorted_indices)
+
+
+def assert_matches(ours, ref, atol, rtol=0.0, names=None):
+    assert len(ours) == len(ref)
+    for i, (a, b) in enumerate(zip(ours, ref)):
+        name = names[i] if names else str(i)
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        torch.testing.assert_close(a, b.to(a.dtype), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def assert_within_2x_torch_error(ours, torch32, truth, floor=1e-6):
+    """Low-precision check in the flash-attention style: our error against the float64 truth
+    is at most twice torch.nn's own float32 error (plus a small floor for exact zeros)."""
+    for i, (a, b, t) in enumerate(zip(ours, torch32, truth)):
+        t = t.to(torch.float64)
+        err = (a.double() - t).abs().max().item()
+        ref_err = (b.double() - t).abs().max().item()
+        scale = max(1.0, t.abs().max().item())
+        assert err <= 2 * ref_err + floor * scale, \
+            f"tensor {i}: error {err:.3g} vs torch.nn float32 error {ref_err:.3g}"
+
+
+def cast_module(mod, dtype):
+    m = copy.deepcopy(mod)
+    return m.to(dtype)

@@ -1,0 +1,116 @@
+"""GRU / RNN on CUDA tensors with the cuda and triton backends (run with -m gpu on a GPU machine).
+
+Float64 is compared tightly with torch.nn; float32 (TF32 off) and bfloat16 must be within 2x
+of torch.nn's own error against a float64 truth. Hidden sizes cover the persistent path
+(W_hh in shared memory) and the per-step path (H = 256, 512)."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_sequence
+
+from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, leaf, make_pair,
+                         packed_leaf, run_with_grads)
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _case(kind, I, H, layers, bidir, bf, T, B, dtype, backend, nl=None):
+    kw = dict(num_layers=layers, bidirectional=bidir, batch_first=bf)
+    if nl:
+        kw["nonlinearity"] = nl
+    ref64, _ = make_pair(kind, I, H, backend, torch.float64, device="cuda", **kw)
+    D = 2 if bidir else 1
+    x = torch.randn((B, T, I) if bf else (T, B, I), dtype=torch.float64, device="cuda")
+    h0 = torch.randn(layers * D, B, H, dtype=torch.float64, device="cuda")
+    g_out = torch.randn((B, T, D * H) if bf else (T, B, D * H), dtype=torch.float64, device="cuda")
+    g_h = torch.randn(layers * D, B, H, dtype=torch.float64, device="cuda")
+    return ref64, _, x, h0, g_out, g_h
+
+
+CASES = [("gru", 64, 2, False, True, 20, 64, None), ("rnn", 64, 1, False, True, 20, 64, "tanh"),
+         ("gru", 7, 3, True, False, 33, 5, None), ("gru", 130, 1, True, False, 9, 17, None),
+         ("gru", 256, 1, False, True, 5, 8, None), ("rnn", 512, 2, True, False, 4, 3, "relu"),
+         ("rnn", 1, 1, False, False, 3, 1, "relu")]
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_float64_matches_torch_nn(case, backend):
+    kind, H, layers, bidir, bf, T, B, nl = case
+    if backend == "triton" and H > 256:
+        pytest.skip("the Triton kernels keep W_hh in registers; H > 256 is not a Triton shape")
+    ref, ours, x, h0, g_out, g_h = _case(kind, 5, H, layers, bidir, bf, T, B, torch.float64, backend, nl)
+    assert_matches(run_with_grads(ours, leaf(x), leaf(h0), g_out, g_h),
+                   run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=1e-9, rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", CASES[:2] + CASES[3:5], ids=lambda c: "-".join(map(str, c)))
+def test_gpu_low_precision_within_2x_of_torch_error(case, backend, dtype):
+    kind, H, layers, bidir, bf, T, B, nl = case
+    ref64, ours64, x, h0, g_out, g_h = _case(kind, 16, H, layers, bidir, bf, T, B, torch.float64, backend, nl)
+    ref_lp, ours_lp = cast_module(ref64, dtype), cast_module(ours64, dtype)
+    truth = run_with_grads(ref64, leaf(x), leaf(h0), g_out, g_h)
+    c = lambda t: leaf(t.to(dtype))  # noqa: E731
+    theirs = run_with_grads(ref_lp, c(x), c(h0), g_out.to(dtype), g_h.to(dtype))
+    got = run_with_grads(ours_lp, c(x), c(h0), g_out.to(dtype), g_h.to(dtype))
+    assert_within_2x_torch_error(got, theirs, truth, floor=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_packed_unsorted(backend):
+    ref, ours = make_pair("gru", 3, 9, backend, torch.float64, device="cuda", num_layers=2, bidirectional=True)
+    packed = pack_sequence([torch.randn(n, 3, dtype=torch.float64, device="cuda") for n in (3, 8, 1, 8, 5)],
+                           enforce_sorted=False)
+    g_out = torch.randn(packed.data.shape[0], 18, dtype=torch.float64, device="cuda")
+    g_h = torch.randn(4, 5, 9, dtype=torch.float64, device="cuda")
+    h0 = torch.randn(4, 5, 9, dtype=torch.float64, device="cuda")
+    assert_matches(run_with_grads(ours, packed_leaf(packed), leaf(h0), g_out, g_h),
+                   run_with_grads(ref, packed_leaf(packed), leaf(h0), g_out, g_h), atol=1e-9, rtol=1e-8)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_gpu_torch_compile_fullgraph(backend, kind):
+    torch._dynamo.reset()
+    ref, ours = make_pair(kind, 8, 32, backend, torch.float32, device="cuda", num_layers=2, batch_first=True)
+    compiled = torch.compile(ours, fullgraph=True)
+    x = torch.randn(4, 7, 8, device="cuda")
+    h0 = torch.randn(2, 4, 32, device="cuda")
+    g_out, g_h = torch.randn(4, 7, 32, device="cuda"), torch.randn(2, 4, 32, device="cuda")
+    assert_matches(run_with_grads(compiled, leaf(x), leaf(h0), g_out, g_h),
+                   run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=1e-4, rtol=1e-4)
+
+
+def test_gpu_opcheck():
+    from hnrnn.ops import rnn as ops
+    d = dict(device="cuda", dtype=torch.float32)
+    for H in (8, 300):  # persistent and per-step paths
+        gx, h0 = torch.randn(3, 2, 3 * H, **d, requires_grad=True), torch.randn(2, H, **d)
+        w, b = torch.randn(3 * H, H, **d) / H ** 0.5, torch.randn(3 * H, **d)
+        torch.library.opcheck(torch.ops.hnrnn.gru_recurrence.default, (gx, h0, w, b, True, torch.tensor([3, 1], device="cuda")))
+        torch.library.opcheck(torch.ops.hnrnn.rnn_recurrence.default, (gx[..., :H].detach().contiguous(), h0, w[:H], None, False, False, None))
+    gx, h0 = torch.randn(3, 2, 24, **d), torch.randn(2, 8, **d)
+    w, b = torch.randn(24, 8, **d), torch.randn(24, **d)
+    torch.library.opcheck(ops.triton_ops()[0], (gx, h0, w, b, False, None))
+
+
+def test_gpu_deterministic():
+    _, ours = make_pair("gru", 16, 64, "cuda", torch.float32, device="cuda", num_layers=2)
+    x = torch.randn(20, 64, 16, device="cuda", requires_grad=True)
+    grads = []
+    for _ in range(2):
+        ours.zero_grad()
+        out, h = ours(x)
+        (out.sum() + h.sum()).backward()
+        grads.append([p.grad.clone() for p in ours.parameters()])
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
