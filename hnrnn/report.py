@@ -25,6 +25,8 @@ def zoo_section(results_dir: str = RESULTS) -> str:
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "zoo*.json"))):
         with open(path) as f:
             run = json.load(f)
+        if "suite" in run:  # a benchmark suite's file (e.g. zoo_cell.json), not a training run
+            continue
         env = run["environment"]
         parts.append(f"From `{_rel(path)}` ({env['device']}, torch {env['torch']}, "
                      f"mean over {run['seeds']} seeds, commit {env['commit'][:10]}):\n\n"
@@ -48,9 +50,10 @@ def render(readme_text: str) -> str:
 def update_charts(results_dir: str = RESULTS):
     """Write <suite>.png beside every benchmark results file that has a B x H grid."""
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "*.json"))):
-        if not os.path.basename(path).startswith("zoo"):
-            with open(path) as f:
-                speedup_chart(json.load(f), path[:-len(".json")] + ".png")
+        with open(path) as f:
+            run = json.load(f)
+        if "suite" in run:  # benchmark suites only, not zoo training runs
+            speedup_chart(run, path[:-len(".json")] + ".png")
 
 
 def update_readme(path: str = README) -> bool:
@@ -98,10 +101,10 @@ def bench_tables(run: dict) -> str:
 def bench_section(results_dir: str = RESULTS) -> str:
     parts = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "*.json"))):
-        if os.path.basename(path).startswith("zoo"):
-            continue
         with open(path) as f:
             run = json.load(f)
+        if "suite" not in run:  # a zoo training run: zoo_section's
+            continue
         env = run["environment"]
         parts.append(f"### {run['suite']} on {env.get('device', '?')}\n\nFrom `{_rel(path)}` "
                      f"(torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
