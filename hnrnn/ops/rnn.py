@@ -63,6 +63,7 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 5H) workspace
 
 
 def _rnn_setup_context(ctx, inputs, output):
@@ -73,6 +74,8 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 5H) workspace
 
 
 def _gru_backward_with(bwd_op):
