@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hnrnn import reference
-from hnrnn.ops._backend import extension, resolve
+from hnrnn.ops._backend import BackendUnavailableError, extension, resolve
 
 MODES = ("gru", "rnn_tanh", "rnn_relu")
 _WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
@@ -197,6 +197,16 @@ def _backend_for(backend: Optional[str], t: Tensor) -> str:
     return b
 
 
+_TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers
+
+
+def _check_triton_size(H: int, device: torch.device):
+    if device.type == "cuda" and H > _TRITON_MAX_H:
+        raise BackendUnavailableError(
+            f"backend 'triton' is not available: its kernels keep W_hh in registers and support "
+            f"hidden sizes up to {_TRITON_MAX_H} on a GPU, got {H}; use backend='cuda'")
+
+
 def _check_lengths(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
     if lengths is None:
         return None
@@ -213,6 +223,7 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     if b == "reference":
         return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
+        _check_triton_size(h0.shape[-1], gates_x.device)
         out, h_n, _ = triton_ops()[0](gates_x, h0, w_hh, b_hh, reverse, lengths)
     else:
         out, h_n, _ = torch.ops.hnrnn.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
@@ -231,6 +242,7 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     if b == "reference":
         return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
     if b == "triton":
+        _check_triton_size(h0.shape[-1], gates_x.device)
         out, h_n, _ = triton_ops()[2](gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
     else:
         out, h_n, _ = torch.ops.hnrnn.rnn_recurrence(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
