@@ -20,7 +20,6 @@ Workspace `ws` (what backward needs, produced by every compiled/Triton backend a
 `lengths` (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
 t < lengths[b]; masked steps output 0 and carry the state (see hnrnn.reference).
 """
-import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hnrnn import reference
+from hnrnn.ops import _backend
 from hnrnn.ops._backend import BackendUnavailableError, extension, resolve
 
 MODES = ("gru", "rnn_tanh", "rnn_relu")
@@ -147,9 +147,20 @@ _COMPILED = _register_compiled()
 # Triton ops (registered on first use: importing triton is not free)
 # ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+_TRITON_OPS = None
+
+
 def triton_ops():
-    """The Triton ops, registered once: (gru_fwd, gru_bwd, rnn_fwd, rnn_bwd)."""
+    """The Triton ops, registered once: (gru_fwd, gru_bwd, rnn_fwd, rnn_bwd). A plain global
+    rather than functools.lru_cache: torch.compile would trace through the cache wrapper and
+    re-run the registration."""
+    global _TRITON_OPS
+    if _TRITON_OPS is None:
+        _TRITON_OPS = _register_triton()
+    return _TRITON_OPS
+
+
+def _register_triton():
     from torch.library import triton_op
 
     from hnrnn.kernels import gru as kgru
@@ -178,6 +189,19 @@ def triton_ops():
     gru_fwd.register_autograd(_gru_backward_with(gru_bwd), setup_context=_gru_setup_context)
     rnn_fwd.register_autograd(_rnn_backward_with(rnn_bwd), setup_context=_rnn_setup_context)
     return gru_fwd, gru_bwd, rnn_fwd, rnn_bwd
+
+
+def _register_triton_if_usable():
+    # Where the triton backend can run, register its ops at import, outside any torch.compile
+    # trace; CPU-only machines without the interpreter never pay for importing triton.
+    if _backend.triton_interpret() or torch.cuda.is_available():
+        try:
+            triton_ops()
+        except ImportError:
+            pass
+
+
+_register_triton_if_usable()
 
 
 # ---------------------------------------------------------------------------
@@ -224,7 +248,8 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
         return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
         _check_triton_size(h0.shape[-1], gates_x.device)
-        out, h_n, _ = triton_ops()[0](gates_x, h0, w_hh, b_hh, reverse, lengths)
+        triton_ops()
+        out, h_n, _ = torch.ops.hnrnn.gru_recurrence_triton(gates_x, h0, w_hh, b_hh, reverse, lengths)
     else:
         out, h_n, _ = torch.ops.hnrnn.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     return out, h_n
@@ -243,7 +268,8 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
         return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
     if b == "triton":
         _check_triton_size(h0.shape[-1], gates_x.device)
-        out, h_n, _ = triton_ops()[2](gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+        triton_ops()
+        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence_triton(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
     else:
         out, h_n, _ = torch.ops.hnrnn.rnn_recurrence(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
     return out, h_n
