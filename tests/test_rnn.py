@@ -20,6 +20,17 @@ from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_modu
 
 BACKENDS = ["cpu", "reference"]
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # torch.nn's CPU RNN opens an OpenMP region per small op; on a shared 2-core machine
+    # under load that costs a scheduler quantum each (100x slowdowns). Correctness tests run
+    # single-threaded; test_cpu_kernels_split_batch_across_threads covers the threaded path.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # kind, hidden, layers, bias, batch_first, bidirectional, h0, T, B, nonlinearity
 GRID = [
     ("gru", 64, 2, True, True, False, True, 20, 64, None),     # the seed's Model5
@@ -150,6 +161,27 @@ def test_dropout_on_packed_input_statistics():
 
 
 # ------------------------------------------------------------------ the ops themselves
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "rnn_relu"])
+def test_cpu_kernels_split_batch_across_threads(kind):
+    # each thread runs the whole time loop on its own slice of batch rows (16+ rows a slice)
+    torch.set_num_threads(2)
+    T, B, H = 3, 70, 5
+    G = 3 if kind == "gru" else 1
+    gx = torch.randn(T, B, G * H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(G * H, H, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(G * H, dtype=torch.float64, requires_grad=True)
+    lens = torch.randint(0, T + 1, (B,))
+    res = []
+    for backend in ("cpu", "reference"):
+        if kind == "gru":
+            out, h = ops.gru_recurrence(gx, h0, w, b, True, lens, backend)
+        else:
+            out, h = ops.rnn_recurrence(gx, h0, w, b, kind[4:], True, lens, backend)
+        res.append([out, h, *torch.autograd.grad((out * out).sum() + h.sum(), (gx, h0, w, b))])
+    assert_matches(res[0], res[1], atol=1e-12, rtol=1e-10)
+
 
 def _op_args(kind, T, B, H, bias, lengths, dtype=torch.float64, requires_grad=True):
     G = 3 if kind == "gru" else 1

@@ -12,6 +12,15 @@ from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_modu
 
 pytestmark = pytest.mark.interpreter
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # see tests/test_rnn.py: torch.nn's CPU RNN is pathologically slow with 2 threads under load
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # kind, hidden, layers, bias, batch_first, bidirectional, h0, T, B, nonlinearity
 GRID = [
     ("gru", 7, 2, True, True, True, True, 5, 3, None),

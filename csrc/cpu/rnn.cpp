@@ -251,52 +251,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
 }
 
 // ---------------------------------------------------------------- vanilla RNN
+// Row passes with restrict parameters (GCC ignores restrict on local pointers, and the
+// aliasing checks would keep these loops scalar).
+template <typename T, bool RELU>
+HNRNN_INLINE void rnn_row_fwd(int64_t H, const T* __restrict__ gx, const T* __restrict__ gh,
+                              const T* __restrict__ bh, T* __restrict__ h, T* __restrict__ out,
+                              T* __restrict__ ws) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T hn = rnn_forward<T>(gx[j] + gh[j] + bh[j], RELU);
+    ws[H + j] = h[j];
+    ws[j] = hn;
+    out[j] = hn;
+    h[j] = hn;
+  }
+}
+
+template <typename T, bool RELU>
+HNRNN_INLINE void rnn_row_bwd(int64_t H, const T* __restrict__ dh, const T* __restrict__ go,
+                              const T* __restrict__ ws, T* __restrict__ dg, T* __restrict__ dprev) {
+  for (int64_t j = 0; j < H; ++j) {
+    dg[j] = rnn_backward<T>(dh[j] + go[j], ws[j], RELU);
+    dprev[j] = T(0);  // all of dh_prev flows through W_hh for an active row
+  }
+}
+
 template <typename T>
 HNRNN_INLINE void rnn_step_fwd(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
                                const T* gx, const T* gh, const T* bh, T* h, T* out, T* ws) {
   for (int64_t b = 0; b < nb; ++b) {
-    T* __restrict__ hb = h + b * H;
-    T* __restrict__ ob = out + b * H;
-    T* __restrict__ wb = ws + b * 2 * H;
-    const T* __restrict__ xb = gx + b * H;
-    const T* __restrict__ gb = gh + b * H;
-    if (t >= len[b]) {
-      std::fill(ob, ob + H, T(0));
-      std::fill(wb, wb + H, T(0));
-      std::copy(hb, hb + H, wb + H);
+    if (t >= len[b]) {  // masked row: output 0, keep the state
+      std::fill(out + b * H, out + (b + 1) * H, T(0));
+      std::fill(ws + b * 2 * H, ws + b * 2 * H + H, T(0));
+      std::copy(h + b * H, h + (b + 1) * H, ws + b * 2 * H + H);
     } else if (relu) {
-      for (int64_t j = 0; j < H; ++j) {
-        const T hn = rnn_forward<T>(xb[j] + gb[j] + bh[j], true);
-        wb[H + j] = hb[j]; wb[j] = hn; ob[j] = hn; hb[j] = hn;
-      }
+      rnn_row_fwd<T, true>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * 2 * H);
     } else {
-      for (int64_t j = 0; j < H; ++j) {
-        const T hn = rnn_forward<T>(xb[j] + gb[j] + bh[j], false);
-        wb[H + j] = hb[j]; wb[j] = hn; ob[j] = hn; hb[j] = hn;
-      }
+      rnn_row_fwd<T, false>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * 2 * H);
     }
   }
 }
 
-// dprev gets the direct part of dh_prev: 0 for active rows (all of it flows through W_hh),
-// the carried gradient for masked rows.
+// A masked row passes its carried gradient through and has zero gate gradients.
 template <typename T>
 HNRNN_INLINE void rnn_step_bwd(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
                                const T* dh, const T* go, const T* ws, T* dg, T* dprev) {
   for (int64_t b = 0; b < nb; ++b) {
-    const T* __restrict__ dhb = dh + b * H;
-    const T* __restrict__ gob = go + b * H;
-    const T* __restrict__ hb = ws + b * 2 * H;
-    T* __restrict__ dgb = dg + b * H;
-    T* __restrict__ dpb = dprev + b * H;
     if (t >= len[b]) {
-      std::copy(dhb, dhb + H, dpb);
-      std::fill(dgb, dgb + H, T(0));
+      std::copy(dh + b * H, dh + (b + 1) * H, dprev + b * H);
+      std::fill(dg + b * H, dg + (b + 1) * H, T(0));
+    } else if (relu) {
+      rnn_row_bwd<T, true>(H, dh + b * H, go + b * H, ws + b * 2 * H, dg + b * H, dprev + b * H);
     } else {
-      for (int64_t j = 0; j < H; ++j) {
-        dgb[j] = rnn_backward<T>(dhb[j] + gob[j], hb[j], relu);
-        dpb[j] = T(0);
-      }
+      rnn_row_bwd<T, false>(H, dh + b * H, go + b * H, ws + b * 2 * H, dg + b * H, dprev + b * H);
     }
   }
 }

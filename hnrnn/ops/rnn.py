@@ -20,7 +20,6 @@ Workspace `ws` (what backward needs, produced by every compiled/Triton backend a
 `lengths` (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
 t < lengths[b]; masked steps output 0 and carry the state (see hnrnn.reference).
 """
-import functools
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -28,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hnrnn import reference
-from hnrnn.ops._backend import extension, resolve
+from hnrnn.ops import _backend
+from hnrnn.ops._backend import BackendUnavailableError, extension, resolve
 
 MODES = ("gru", "rnn_tanh", "rnn_relu")
 _WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
@@ -63,6 +63,7 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 5H) workspace
 
 
 def _rnn_setup_context(ctx, inputs, output):
@@ -73,6 +74,8 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
+    ctx.set_materialize_grads(False)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 5H) workspace
 
 
 def _gru_backward_with(bwd_op):
@@ -144,9 +147,20 @@ _COMPILED = _register_compiled()
 # Triton ops (registered on first use: importing triton is not free)
 # ---------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+_TRITON_OPS = None
+
+
 def triton_ops():
-    """The Triton ops, registered once: (gru_fwd, gru_bwd, rnn_fwd, rnn_bwd)."""
+    """The Triton ops, registered once: (gru_fwd, gru_bwd, rnn_fwd, rnn_bwd). A plain global
+    rather than functools.lru_cache: torch.compile would trace through the cache wrapper and
+    re-run the registration."""
+    global _TRITON_OPS
+    if _TRITON_OPS is None:
+        _TRITON_OPS = _register_triton()
+    return _TRITON_OPS
+
+
+def _register_triton():
     from torch.library import triton_op
 
     from hnrnn.kernels import gru as kgru
@@ -177,6 +191,19 @@ def triton_ops():
     return gru_fwd, gru_bwd, rnn_fwd, rnn_bwd
 
 
+def _register_triton_if_usable():
+    # Where the triton backend can run, register its ops at import, outside any torch.compile
+    # trace; CPU-only machines without the interpreter never pay for importing triton.
+    if _backend.triton_interpret() or torch.cuda.is_available():
+        try:
+            triton_ops()
+        except ImportError:
+            pass
+
+
+_register_triton_if_usable()
+
+
 # ---------------------------------------------------------------------------
 # public entry points
 # ---------------------------------------------------------------------------
@@ -192,6 +219,16 @@ def _backend_for(backend: Optional[str], t: Tensor) -> str:
     if (backend in (None, "auto") and b in _COMPILED_DTYPES and t.dtype not in _COMPILED_DTYPES[b]):
         return "reference"
     return b
+
+
+_TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers
+
+
+def _check_triton_size(H: int, device: torch.device):
+    if device.type == "cuda" and H > _TRITON_MAX_H:
+        raise BackendUnavailableError(
+            f"backend 'triton' is not available: its kernels keep W_hh in registers and support "
+            f"hidden sizes up to {_TRITON_MAX_H} on a GPU, got {H}; use backend='cuda'")
 
 
 def _check_lengths(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
@@ -210,7 +247,9 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     if b == "reference":
         return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
-        out, h_n, _ = triton_ops()[0](gates_x, h0, w_hh, b_hh, reverse, lengths)
+        _check_triton_size(h0.shape[-1], gates_x.device)
+        triton_ops()
+        out, h_n, _ = torch.ops.hnrnn.gru_recurrence_triton(gates_x, h0, w_hh, b_hh, reverse, lengths)
     else:
         out, h_n, _ = torch.ops.hnrnn.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     return out, h_n
@@ -228,7 +267,9 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     if b == "reference":
         return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
     if b == "triton":
-        out, h_n, _ = triton_ops()[2](gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+        _check_triton_size(h0.shape[-1], gates_x.device)
+        triton_ops()
+        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence_triton(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
     else:
         out, h_n, _ = torch.ops.hnrnn.rnn_recurrence(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
     return out, h_n

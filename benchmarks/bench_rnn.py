@@ -1,0 +1,100 @@
+"""GRU / RNN speed: torch.nn (cuDNN on GPU, ATen on CPU), the eager cell loop, torch.compile of
+it, and hnrnn's backends through the drop-in modules.
+
+    hnrnn bench rnn        # -> benchmarks/results/<device>/rnn.json (with same-process ratios)
+
+Providers: cudnn / aten (torch.nn.GRU / nn.RNN), eager (hnrnn.reference.recurrent_network: the
+cell applied step by step, input projection inside the loop), compile (torch.compile of that
+loop; only T <= 100, unrolling longer loops takes minutes), reference / cpu / triton / cuda
+(hnrnn.nn.GRU / RNN with that backend); unavailable ones are skipped with the reason.
+Shapes: the seed's Model5 (GRU, 2 layers, B=64, H=64, T=20) and Model4 (RNN, 1 layer, same
+sizes); on CUDA also a one-layer GRU grid B in {1, 8, 64, 256} x H in {64, 128, 256, 512, 1024}
+x T in {20, 100, 500} (HNRNN_BENCH_FULL=1; by default the T=100 slice, to fit gpu_check.sh's
+time box). Modes: forward, forward+backward. Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
+Timing: the shared `timed` fixture (benchmarks/conftest.py). Not collected by the default run.
+"""
+import itertools
+import os
+
+import pytest
+import torch
+
+import hnrnn.nn
+from hnrnn import reference
+from hnrnn.ops import _backend
+
+SEED = [("gru", 2, 64, 64, 20), ("rnn", 1, 64, 64, 20)]  # kind, layers, B, H, T
+_T = (20, 100, 500) if os.environ.get("HNRNN_BENCH_FULL") == "1" else (100,)
+GRID = [("gru", 1, B, H, T) for B, H, T in itertools.product((1, 8, 64, 256), (64, 128, 256, 512, 1024), _T)]
+PROVIDERS = ["nn", "eager", "compile", "reference", "cpu", "triton", "cuda"]
+DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def cases():
+    for device in DEVICES:
+        dtypes = (torch.float32, torch.bfloat16) if device == "cuda" else (torch.float32,)
+        for dtype in dtypes:
+            shapes = SEED + (GRID if device == "cuda" and dtype == torch.float32 else [])
+            for shape, provider, mode in itertools.product(shapes, PROVIDERS, ("forward", "forward+backward")):
+                kind, L, B, H, T = shape
+                name = str(dtype).replace("torch.", "")
+                yield pytest.param(device, dtype, provider, mode, *shape,
+                                   id=f"{device}-{name}-{kind}-{provider}-{mode}-L{L}-B{B}-H{H}-T{T}")
+
+
+def provider_name(provider, device):
+    if provider == "nn":
+        return "cudnn" if device == "cuda" else "aten"
+    return provider
+
+
+def unavailable(provider, device, dtype, H, T):
+    if provider in ("nn", "eager"):
+        return None
+    if provider == "compile":
+        return "torch.compile of a loop over T > 100 steps takes minutes to unroll" if T > 100 else None
+    if provider == "triton" and H > 256:
+        return "the Triton kernels keep W_hh in registers: H > 256 is not a Triton shape"
+    if provider == "cpu" and dtype != torch.float32 and dtype != torch.float64:
+        return "the C++ CPU kernels are float32 / float64"
+    return _backend.unavailable_reason(provider, torch.device(device))
+
+
+@pytest.mark.parametrize("device,dtype,provider,mode,kind,L,B,H,T", list(cases()))
+def test_rnn(timed, device, dtype, provider, mode, kind, L, B, H, T):
+    why = unavailable(provider, device, dtype, H, T)
+    if why:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cls = {"gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+    net = cls(H, H, L, batch_first=True).to(device=device, dtype=dtype)
+    if provider in ("reference", "cpu", "triton", "cuda"):
+        ours = {"gru": hnrnn.nn.GRU, "rnn": hnrnn.nn.RNN}[kind](H, H, L, batch_first=True, backend=provider)
+        ours = ours.to(device=device, dtype=dtype)
+        ours.load_state_dict(net.state_dict())
+        model = ours
+    elif provider == "nn":
+        model = net
+    else:  # the eager cell loop, or torch.compile of it
+        weights = [[getattr(net, n) for n in names] for names in net._all_weights]
+        mode_name = "gru" if kind == "gru" else "rnn_tanh"
+
+        def loop(x, h0):
+            out, h = reference.recurrent_network(x.transpose(0, 1), h0, weights, mode_name, L)
+            return out.transpose(0, 1), h
+        model = torch.compile(loop, fullgraph=True) if provider == "compile" else loop
+    x = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=mode != "forward")
+    h0 = torch.zeros(L, B, H, device=device, dtype=dtype)
+
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                return model(x, h0)
+    else:
+        def fn():
+            out, h = model(x, h0)
+            (out.float().sum() + h.float().sum()).backward()
+    timed(fn, op=kind, provider=provider_name(provider, device), mode=mode, device=device,
+          dtype=str(dtype).replace("torch.", ""), layers=L, B=B, H=H, T=T)
