@@ -1,34 +1,59 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine with torch + triton preinstalled and no package index:
-# builds hnrnn._C, runs the GPU test tier, the benchmark suites and the zoo on every backend,
-# within about 10 minutes. Leaves log.txt and result JSON in OUT_DIR, ready to copy into
+# builds hnrnn._C, runs the GPU test tier, the benchmark suites and the zoo on every backend.
+# Leaves log-<stage>.txt and result JSON in OUT_DIR, ready to copy into
 # benchmarks/results/<device>/ and commit (then run `hnrnn report`).
-#   usage: bash benchmarks/gpu_check.sh OUT_DIR
+#
+#   usage: bash benchmarks/gpu_check.sh OUT_DIR [STAGE ...]
+#   stages: build test bench zoo   (default: all four, in that order; about 15 minutes)
+#
+# Each stage fits in a 10-minute call on its own, so a machine that limits a command's time
+# can run them one call at a time (`build test`, then `bench`, then `zoo`); the build stays
+# in place between calls. A stage that runs out of time logs it and the next one still runs.
 set -uo pipefail
-OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR}" && cd "$1" && pwd)
+OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [build|test|bench|zoo ...]}" && cd "$1" && pwd)
+shift
+STAGES=${*:-build test bench zoo}
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
-LOG="$OUT/log.txt"
-step() { echo; echo "=== $* ($(date -u +%T))"; }
-{
-  step environment
+say() { echo; echo "=== $* ($(date -u +%T))"; }
+
+stage_build() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)"
-
-  step build
   MAX_JOBS=${MAX_JOBS:-16} pip install --no-build-isolation --no-deps -e . 2>&1 | tail -3
-  python -c "import hnrnn._C as c; assert c.cuda_compiled(), 'CUDA half not compiled'; print('hnrnn._C with CUDA')" || exit 1
+  python -c "import torch, hnrnn._C as c; assert c.cuda_compiled(), 'CUDA half not compiled'; print('hnrnn._C with CUDA')"
+}
 
-  step "GPU tests"
-  timeout 300 python -m pytest -m gpu tests -q -p no:cacheprovider -o addopts= -x --durations=5
-  echo "gpu tests exit code: $?"
+stage_test() {
+  # the CPU tier first (quick, and it checks this install), then everything on the GPU
+  timeout 240 python -m pytest tests -q -p no:cacheprovider -x -m "not slow" 2>&1 | tail -5
+  timeout 330 python -m pytest -m gpu tests -q -p no:cacheprovider -o addopts= --durations=10
+}
 
-  step benchmarks
-  timeout 240 hnrnn bench --out "$OUT"
-  echo "bench exit code: $?"
-
-  step "zoo, end to end"
-  for backend in eager cuda triton; do
-    timeout 120 hnrnn zoo --device cuda --seeds 1 --backend $backend --json "$OUT/zoo-$backend.json" | tail -9
+stage_bench() {
+  for suite in zoo_cell rnn; do
+    timeout 280 hnrnn bench "$suite" --out "$OUT"
+    echo "bench $suite exit code: $?"
   done
-} 2>&1 | tee "$LOG"
+}
+
+stage_zoo() {
+  for backend in eager cuda triton; do
+    timeout 180 hnrnn zoo --device cuda --seeds 1 --backend $backend --json "$OUT/zoo-$backend.json" | tail -9
+    echo "zoo $backend exit code: $?"
+  done
+}
+
+for stage in $STAGES; do
+  case $stage in
+    build|test|bench|zoo) ;;
+    *) echo "unknown stage '$stage' (build, test, bench, zoo)"; exit 2 ;;
+  esac
+  say "$stage" | tee "$OUT/log-$stage.txt"
+  "stage_$stage" 2>&1 | tee -a "$OUT/log-$stage.txt"
+  rc=${PIPESTATUS[0]}
+  echo "stage $stage exit code: $rc" | tee -a "$OUT/log-$stage.txt"
+  [ "$stage" = build ] && [ "$rc" -ne 0 ] && exit 1
+done
+exit 0

@@ -1,10 +1,11 @@
 // CPU kernels of the GRU / vanilla-RNN recurrences (one layer, one direction).
 //
 // The input projection of all steps (gates_x = x W_ih^T + b_ih) is one GEMM done by the
-// caller. Here, per step: one BLAS GEMM for the recurrent gates into a preallocated buffer,
-// then one fused, auto-vectorised pointwise pass (gate math from rnn_math.h). Backward
-// keeps only dh_prev = dh * z + dG_h W_hh sequential; the weight / input gradients are
-// big GEMMs done by the caller on the returned per-step gate gradients.
+// caller. Here, per step: one small register-blocked GEMM (small_gemm.h: BLAS costs more in
+// threading and dispatch than in arithmetic at these sizes) for the recurrent gates, then one
+// fused, auto-vectorised pointwise pass (gate math from rnn_math.h). Backward keeps only
+// dh_prev = dh * z + dG_h W_hh sequential; the weight / input gradients are big GEMMs done
+// by the caller on the returned per-step gate gradients.
 //
 // Workspace layouts (shared with every backend, see hnrnn/ops/rnn.py):
 //   GRU: ws (T, B, 5H) = [r, z, n, gh_n, h_prev]      RNN: ws (T, B, 2H) = [h, h_prev]
@@ -24,20 +25,10 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
 #endif
+#include "cpu_common.h"
 #include "rnn_math.h"
+#include "small_gemm.h"
 
-// float kernels are compiled for AVX-512 / AVX2+FMA / baseline and picked at load time
-// (ifunc), as the extension is built with generic flags.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define HNRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define HNRNN_CPU_CLONES
-#endif
-#if defined(__GNUC__)
-#define HNRNN_INLINE inline __attribute__((always_inline))
-#else
-#define HNRNN_INLINE inline
-#endif
 
 namespace hnrnn {
 namespace {
@@ -198,17 +189,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
   at::Tensor gh = at::empty({B, 3 * H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, 3 * H, h0);
   const auto len = host_lengths(lengths, B, T);
-  const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_t = w_hh.t().contiguous();  // (H, 3H): the per-step GEMM streams its rows
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_recurrence_cpu", [&] {
     at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
-      at::Tensor h_s = h.narrow(0, b0, nb), gh_s = gh.narrow(0, b0, nb);
+      scalar_t* h_s = h.data_ptr<scalar_t>() + b0 * H;
+      scalar_t* gh_s = gh.data_ptr<scalar_t>() + b0 * 3 * H;
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = reverse ? T - 1 - s : s;
-        at::mm_out(gh_s, h_s, w_t);
+        cpu::small_gemm(nb, 3 * H, H, h_s, H, 1, w_t.data_ptr<scalar_t>(), 3 * H, gh_s, 3 * H, false);
         gru_step_fwd_any<scalar_t>(nb, H, t, len.data() + b0,
                                    gates_x.data_ptr<scalar_t>() + (t * B + b0) * 3 * H,
-                                   gh_s.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), h_s.data_ptr<scalar_t>(),
+                                   gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
                                    ws.data_ptr<scalar_t>() + (t * B + b0) * 5 * H);
       }
@@ -232,19 +224,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "gru_recurrence_backward_cpu", [&] {
     at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
-      at::Tensor dh_s = dh0.narrow(0, b0, nb), dprev_s = dprev.narrow(0, b0, nb);
+      scalar_t* dh_s = dh0.data_ptr<scalar_t>() + b0 * H;
+      scalar_t* dprev_s = dprev.data_ptr<scalar_t>() + b0 * H;
       for (int64_t s = T - 1; s >= 0; --s) {  // the forward order, reversed
         const int64_t t = reverse ? T - 1 - s : s;
         scalar_t* dght = dgh.data_ptr<scalar_t>() + (t * B + b0) * 3 * H;
-        gru_step_bwd_any<scalar_t>(nb, H, t, len.data() + b0, dh_s.data_ptr<scalar_t>(),
+        gru_step_bwd_any<scalar_t>(nb, H, t, len.data() + b0, dh_s,
                                    grad_out.data_ptr<scalar_t>() + (t * B + b0) * H,
                                    ws.data_ptr<scalar_t>() + (t * B + b0) * 5 * H,
-                                   dgx.data_ptr<scalar_t>() + (t * B + b0) * 3 * H, dght,
-                                   dprev_s.data_ptr<scalar_t>());
-        dprev_s.addmm_(dgh[t].narrow(0, b0, nb), w_hh);  // dh_prev += dG_h W_hh
+                                   dgx.data_ptr<scalar_t>() + (t * B + b0) * 3 * H, dght, dprev_s);
+        // dh_prev += dG_h W_hh
+        cpu::small_gemm(nb, H, 3 * H, dght, 3 * H, 1, w_hh.data_ptr<scalar_t>(), H, dprev_s, H, true);
         std::swap(dh_s, dprev_s);
       }
-      if (T % 2 == 1) dh0.narrow(0, b0, nb).copy_(dh_s);  // the carry ended in the other buffer
+      if (T % 2 == 1) std::copy(dh_s, dh_s + nb * H, dh0.data_ptr<scalar_t>() + b0 * H);  // the carry ended in the other buffer
     });
   });
   return std::make_tuple(dgx, dgh, dh0);
@@ -348,16 +341,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
   at::Tensor gh = at::empty({B, H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, H, h0);
   const auto len = host_lengths(lengths, B, T);
-  const at::Tensor w_t = w_hh.t();
+  const at::Tensor w_t = w_hh.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnn_recurrence_cpu", [&] {
     at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
-      at::Tensor h_s = h.narrow(0, b0, nb), gh_s = gh.narrow(0, b0, nb);
+      scalar_t* h_s = h.data_ptr<scalar_t>() + b0 * H;
+      scalar_t* gh_s = gh.data_ptr<scalar_t>() + b0 * H;
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = reverse ? T - 1 - s : s;
-        at::mm_out(gh_s, h_s, w_t);
+        cpu::small_gemm(nb, H, H, h_s, H, 1, w_t.data_ptr<scalar_t>(), H, gh_s, H, false);
         rnn_step_fwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, gates_x.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   gh_s.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), h_s.data_ptr<scalar_t>(),
+                                   gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
                                    ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H);
       }
@@ -380,18 +374,19 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "rnn_recurrence_backward_cpu", [&] {
     at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
-      at::Tensor dh_s = dh0.narrow(0, b0, nb), dprev_s = dprev.narrow(0, b0, nb);
+      scalar_t* dh_s = dh0.data_ptr<scalar_t>() + b0 * H;
+      scalar_t* dprev_s = dprev.data_ptr<scalar_t>() + b0 * H;
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = reverse ? T - 1 - s : s;
         scalar_t* dgt = dg.data_ptr<scalar_t>() + (t * B + b0) * H;
-        rnn_step_bwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, dh_s.data_ptr<scalar_t>(),
+        rnn_step_bwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, dh_s,
                                    grad_out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H, dgt,
-                                   dprev_s.data_ptr<scalar_t>());
-        dprev_s.addmm_(dg[t].narrow(0, b0, nb), w_hh);  // dh_prev += dG W_hh
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H, dgt, dprev_s);
+        // dh_prev += dG W_hh
+        cpu::small_gemm(nb, H, H, dgt, H, 1, w_hh.data_ptr<scalar_t>(), H, dprev_s, H, true);
         std::swap(dh_s, dprev_s);
       }
-      if (T % 2 == 1) dh0.narrow(0, b0, nb).copy_(dh_s);
+      if (T % 2 == 1) std::copy(dh_s, dh_s + nb * H, dh0.data_ptr<scalar_t>() + b0 * H);
     });
   });
   return std::make_tuple(dg, dh0);

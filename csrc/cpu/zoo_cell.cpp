@@ -1,18 +1,26 @@
 // CPU kernels of the zoo cell (hnrnn::zoo_cell_forward / zoo_cell_backward).
 //
-// Forward, per step: one gather-add pass (x = h + E[ids]), one GEMM straight into BLAS
-// (no dispatcher, no allocation), one pass for ReLU + column sums, one for the variance,
-// one that normalises into `out`. Backward, per step: one pass for the BN column sums, one
-// that writes dz, one GEMM dx = dz W; after the loop dW = dZ^T X is a single GEMM over all
-// T*B rows, db a column sum, and dE a sequential scatter-add (deterministic).
+// Forward, per step: one gather-add pass (x = h + E[ids]), one small GEMM (small_gemm.h: at
+// 64 x 64 a BLAS call costs more in threading and dispatch than in arithmetic), one pass for
+// ReLU + column sums, one for the variance, one that normalises into `out`. Backward, per
+// step: one pass for the BN column sums, one that writes dz, one GEMM dx = dz W; after the
+// loop dW = dZ^T X is a single GEMM over all T*B rows (its output rows split across threads),
+// db a column sum, and dE a sequential scatter-add (deterministic).
 // Every buffer is allocated once per call.
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+
 #include <cmath>
-#include <cstdlib>
-#include <type_traits>
 #include <vector>
 
+// The row loops must auto-vectorise; the ReLU select only if-converts when GCC may assume FP
+// operations do not trap (set before the inline helpers below are defined).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
+#include "cpu_common.h"
+#include "small_gemm.h"
 #include "zoo_cell.h"
 
 namespace {
@@ -20,59 +28,10 @@ namespace {
 using at::Tensor;
 namespace zc = hnrnn::zoo;
 
-// BLAS: torch's CPU library exports the Fortran sgemm_/dgemm_ of the BLAS it is built with (MKL
-// on x86 wheels). Calling them directly skips the dispatcher and any allocation, which matters at
-// the lesson's 64 x 64 sizes. Declared weak: where a build does not export them, the same GEMM
-// goes through at::mm_out on views instead.
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
-            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
-}
-
-// Column-major C (m x n) = op(A) op(B) + beta C, beta 0 or 1 (BLAS conventions).
-template <typename scalar_t>
-void gemm_colmajor(char ta, char tb, int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-                   const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
-  const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k);
-  const int LDA = static_cast<int>(lda), LDB = static_cast<int>(ldb), LDC = static_cast<int>(ldc);
-  const scalar_t one = 1;
-  // HNRNN_CPU_GEMM_FALLBACK=1 forces the at::mm_out path (so the tests cover it on this build too).
-  static const bool force_fallback = std::getenv("HNRNN_CPU_GEMM_FALLBACK") != nullptr;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (sgemm_ && !force_fallback) return sgemm_(&ta, &tb, &M, &N, &K, &one, a, &LDA, b, &LDB, &beta, c, &LDC);
-  } else {
-    if (dgemm_ && !force_fallback) return dgemm_(&ta, &tb, &M, &N, &K, &one, a, &LDA, b, &LDB, &beta, c, &LDC);
-  }
-  // Fallback: a column-major (r x c, ld) matrix is the row-major (c x r) tensor with strides (ld, 1).
-  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
-  auto view = [&](const scalar_t* p, int64_t rows, int64_t cols, int64_t ld) {
-    return at::from_blob(const_cast<scalar_t*>(p), {cols, rows}, {ld, 1}, opts);
-  };
-  // C^T = op(B)^T op(A)^T in row-major terms.
-  auto opAT = ta == 'N' ? view(a, m, k, lda) : view(a, k, m, lda).t();
-  auto opBT = tb == 'N' ? view(b, k, n, ldb) : view(b, n, k, ldb).t();
-  auto CT = view(c, m, n, ldc);
-  if (beta == scalar_t(0)) {
-    at::mm_out(CT, opBT, opAT);
-  } else {
-    CT.addmm_(opBT, opAT);
-  }
-}
-
-// Row-major C (rows x H) = A (rows x H) @ W^T (w_transposed, the forward) or A @ W (dx = dz W),
-// W (H x H) row-major. A row-major matrix read column-major is its transpose: C^T = op(W)^T A^T.
-template <typename scalar_t>
-void gemm_rowmajor(bool w_transposed, int64_t rows, int64_t H, const scalar_t* A, const scalar_t* W,
-                   scalar_t beta, scalar_t* C) {
-  gemm_colmajor<scalar_t>(w_transposed ? 'T' : 'N', 'N', H, rows, H, W, H, A, H, beta, C, H);
-}
-
 // Row kernels: every inner loop of the cell is one of these, over the H features of one row.
 // Pointer parameters declared __restrict__ so the compiler vectorises them.
 template <typename T>
-inline void row_gather(T* __restrict__ x, T* __restrict__ r, const T* __restrict__ h, const T* __restrict__ e,
+HNRNN_INLINE void row_gather(T* __restrict__ x, T* __restrict__ r, const T* __restrict__ h, const T* __restrict__ e,
                        const T* __restrict__ bias, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     x[k] = h[k] + e[k];
@@ -80,7 +39,7 @@ inline void row_gather(T* __restrict__ x, T* __restrict__ r, const T* __restrict
   }
 }
 template <typename T>
-inline void row_relu_sum(T* __restrict__ r, T* __restrict__ s, int64_t n) {
+HNRNN_INLINE void row_relu_sum(T* __restrict__ r, T* __restrict__ s, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     const T v = zc::relu(r[k]);
     r[k] = v;
@@ -88,20 +47,20 @@ inline void row_relu_sum(T* __restrict__ r, T* __restrict__ s, int64_t n) {
   }
 }
 template <typename T>
-inline void row_sq_dev(const T* __restrict__ r, const T* __restrict__ mean, T* __restrict__ s, int64_t n) {
+HNRNN_INLINE void row_sq_dev(const T* __restrict__ r, const T* __restrict__ mean, T* __restrict__ s, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
     const T d = r[k] - mean[k];
     s[k] += d * d;
   }
 }
 template <typename T>
-inline void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ mean,
+HNRNN_INLINE void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ mean,
                           const T* __restrict__ scale, const T* __restrict__ beta, int64_t n) {
   for (int64_t k = 0; k < n; ++k) o[k] = (r[k] - mean[k]) * scale[k] + beta[k];
 }
 // g = gout (+ gh when the state is normalised); sums of g and g * xhat.
 template <bool kAddState, typename T>
-inline void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, const T* __restrict__ gh,
+HNRNN_INLINE void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, const T* __restrict__ gh,
                              const T* __restrict__ r, const T* __restrict__ mean, const T* __restrict__ invstd,
                              T* __restrict__ sg, T* __restrict__ sgx, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
@@ -113,10 +72,7 @@ inline void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, const 
 }
 // dz = ReLU'(r) * (ca * g + cc + cd * (r - mean) + gh_direct)
 template <bool kDirect, typename T>
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("no-trapping-math")))  // lets GCC turn the select below into vector code
-#endif
-inline void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restrict__ gh, const T* __restrict__ r,
+HNRNN_INLINE void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restrict__ gh, const T* __restrict__ r,
                    const T* __restrict__ mean, const T* __restrict__ ca, const T* __restrict__ cc,
                    const T* __restrict__ cd, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
@@ -126,7 +82,7 @@ inline void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restr
   }
 }
 template <typename T>
-inline void row_add(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
+HNRNN_INLINE void row_add(T* __restrict__ dst, const T* __restrict__ src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] += src[k];
 }
 
@@ -169,8 +125,9 @@ void check_forward_inputs(const Tensor& ids, const Tensor& h0, const Tensor& emb
 
 // Inner loops run over the H features of one row with per-feature arrays, so they vectorise;
 // the batch statistics of a (B, H) block are column sums in the scalar type (B terms).
+// W_t: the weight transposed, (H_in, H_out) row-major, so the GEMM streams its rows.
 template <typename scalar_t>
-void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W,
+HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W_t,
                     const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, scalar_t* rm,
                     scalar_t* rv, bool norm_state, bool training, double momentum, double eps,
                     int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT, scalar_t* xs,
@@ -189,7 +146,7 @@ void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, c
     for (int64_t b = 0; b < B; ++b) {
       row_gather(x + b * H, r + b * H, hp + b * hs, E + ids[b * T + t] * H, bias, H);
     }
-    gemm_rowmajor<scalar_t>(true, B, H, x, W, scalar_t(1), r);  // r = x W^T + b
+    hnrnn::cpu::small_gemm(B, H, H, x, H, 1, W_t, H, r, H, true);  // r = b + x W^T
     scalar_t* m_t = mean + t * H;
     scalar_t* is_t = invstd + t * H;
     if (training) {
@@ -225,6 +182,19 @@ void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, c
   }
 }
 
+// float runs through clones compiled per vector width (cpu_common.h); double, for the tests and
+// gradcheck, through the template itself.
+HNRNN_CPU_CLONES void forward_kernel_f32(const int64_t* ids, const float* h0, const float* E, const float* W_t,
+                                         const float* bias, const float* gamma, const float* beta, float* rm,
+                                         float* rv, bool norm_state, bool training, double momentum, double eps,
+                                         int64_t B, int64_t T, int64_t H, float* out, float* hT, float* xs,
+                                         float* rs, float* mean, float* invstd) {
+  forward_kernel<float>(ids, h0, E, W_t, bias, gamma, beta, rm, rv, norm_state, training, momentum, eps, B, T, H,
+                        out, hT, xs, rs, mean, invstd);
+}
+inline auto forward_for(float*) { return &forward_kernel_f32; }
+inline auto forward_for(double*) { return &forward_kernel<double>; }
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_forward_cpu(
     const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
@@ -242,9 +212,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   auto rs = at::empty({T, B, H}, h0.options());
   auto mean = at::empty({T, H}, h0.options());
   auto invstd = at::empty({T, H}, h0.options());
+  const Tensor w_t = weight.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cpu", [&] {
-    forward_kernel<scalar_t>(ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(),
-                             weight.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+    forward_for(static_cast<scalar_t*>(nullptr))(ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(),
+                             w_t.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                              bn_weight.data_ptr<scalar_t>(), bn_bias.data_ptr<scalar_t>(),
                              rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>(), norm_state, training,
                              momentum, eps, B, T, H, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(),
@@ -255,7 +226,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
 }
 
 template <typename scalar_t>
-void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* ids, const scalar_t* W,
+HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* ids, const scalar_t* W,
                      const scalar_t* gamma, const scalar_t* xs, const scalar_t* rs, const scalar_t* mean,
                      const scalar_t* invstd, bool norm_state, bool training, int64_t B, int64_t T,
                      int64_t H, scalar_t* gz, scalar_t* gx, scalar_t* gh0, scalar_t* gE, scalar_t* gW,
@@ -299,18 +270,32 @@ void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* i
         row_dz<true>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
     }
     scalar_t* gx_t = gx + t * B * H;
-    gemm_rowmajor<scalar_t>(false, B, H, gz_t, W, scalar_t(0), gx_t);  // dx_t = dz_t W
+    hnrnn::cpu::small_gemm(B, H, H, gz_t, H, 1, W, H, gx_t, H, false);  // dx_t = dz_t W
     gh = gx_t;  // h_{t-1} enters x_t with coefficient 1
   }
   std::copy(gx, gx + B * H, gh0);
-  // dW = sum_t dz_t^T x_t over all T*B rows at once.
-  gemm_colmajor<scalar_t>('N', 'T', H, H, T * B, xs, H, gz, H, scalar_t(0), gW, H);
+  // dW = sum_t dz_t^T x_t over all T*B rows at once (A = dZ^T: a stride swap); each thread
+  // owns whole output rows, so the sums do not depend on the thread count.
+  at::parallel_for(0, H, 16, [&](int64_t m0, int64_t m1) {
+    hnrnn::cpu::small_gemm(m1 - m0, H, T * B, gz + m0, 1, H, xs, H, gW + m0 * H, H, false);
+  });
   std::fill(gb, gb + H, scalar_t(0));
   for (int64_t i = 0; i < T * B; ++i) row_add(gb, gz + i * H, H);
   // dE[ids[b, t]] += dx_t[b], in a fixed order.
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < B; ++b) row_add(gE + ids[b * T + t] * H, gx + (t * B + b) * H, H);
 }
+
+HNRNN_CPU_CLONES void backward_kernel_f32(const float* gout, const float* ghT, const int64_t* ids, const float* W,
+                                          const float* gamma, const float* xs, const float* rs, const float* mean,
+                                          const float* invstd, bool norm_state, bool training, int64_t B, int64_t T,
+                                          int64_t H, float* gz, float* gx, float* gh0, float* gE, float* gW,
+                                          float* gb, float* ggamma, float* gbeta) {
+  backward_kernel<float>(gout, ghT, ids, W, gamma, xs, rs, mean, invstd, norm_state, training, B, T, H, gz, gx,
+                         gh0, gE, gW, gb, ggamma, gbeta);
+}
+inline auto backward_for(float*) { return &backward_kernel_f32; }
+inline auto backward_for(double*) { return &backward_kernel<double>; }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu(
     const Tensor& grad_out, const Tensor& grad_hT, const Tensor& ids, int64_t vocab_size, const Tensor& weight,
@@ -344,7 +329,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu
   auto ggamma = at::empty({H}, opts);
   auto gbeta = at::empty({H}, opts);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_backward_cpu", [&] {
-    backward_kernel<scalar_t>(grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
+    backward_for(static_cast<scalar_t*>(nullptr))(grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
                               weight.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(),
                               rs.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
                               norm_state, training, B, T, H, gz.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
