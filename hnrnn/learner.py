@@ -248,24 +248,27 @@ class Learner:
             # weights_only: tensors and plain containers only, no code runs from the file.
             ck = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as e:
+            first_line = (str(e).splitlines() or [""])[0]
             raise CheckpointError(f"cannot resume from checkpoint {path}: not a readable checkpoint "
-                                  f"(truncated or corrupt?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-        _check_checkpoint(ck, path, self.model, settings)
+                                  f"(truncated or corrupt?): {type(e).__name__}: {first_line}") from e
         try:
-            self.model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            _check_checkpoint(ck, path, self.model, settings)
+            opt.load_state_dict(ck["optimizer"])  # these two first: a failure leaves the model as it was
             sched.load_state_dict(ck["scheduler"])
-        except Exception as e:  # anything the checks above did not foresee
-            raise CheckpointError(f"cannot resume from checkpoint {path}: {e}") from e
-        torch.set_rng_state(ck["rng"].cpu())
-        if ck.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in ck["cuda_rng"]])
-        smooth = SmoothLoss()
-        smooth.__dict__.update(ck["smooth"])
-        h = ck["history"]
-        self.history = History(h["metric_name"], [EpochRecord(**r) for r in h["epochs"]],
-                               list(h["batch_losses"]))
-        return ck["epoch"], smooth
+            self.model.load_state_dict(ck["model"])
+            torch.set_rng_state(ck["rng"].cpu())
+            if ck.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all([s.cpu() for s in ck["cuda_rng"]])
+            smooth = SmoothLoss()
+            smooth.__dict__.update(ck["smooth"])
+            h = ck["history"]
+            self.history = History(h["metric_name"], [EpochRecord(**r) for r in h["epochs"]],
+                                   list(h["batch_losses"]))
+            return ck["epoch"], smooth
+        except CheckpointError:
+            raise
+        except Exception as e:  # a damaged structure the checks did not foresee
+            raise CheckpointError(f"cannot resume from checkpoint {path}: {type(e).__name__}: {e}") from e
 
 
 def _check_checkpoint(ck, path, model, settings):
@@ -280,8 +283,9 @@ def _check_checkpoint(ck, path, model, settings):
     if theirs["model"] != settings["model"]:
         fail(f"it holds a {theirs['model']}, this run trains a {settings['model']}")
     if theirs["vocab"] != settings["vocab"]:
-        fail(f"it was trained on another vocab ({len(theirs['vocab'])} tokens; this data has "
-             f"{len(settings['vocab'])}{', the same number but other tokens' if len(theirs['vocab']) == len(settings['vocab']) else ''})")
+        n_theirs, n_ours = len(theirs["vocab"]), len(settings["vocab"])
+        fail(f"it was trained on another vocab ({n_theirs} tokens; this data has {n_ours}"
+             f"{', the same number but other tokens' if n_theirs == n_ours else ''})")
     ours = model.state_dict()
     if set(ck["model"]) != set(ours):
         fail(f"its {settings['model']} has other parameters (missing: {sorted(set(ours) - set(ck['model']))}, "
