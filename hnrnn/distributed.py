@@ -16,6 +16,11 @@ import torch.distributed as dist
 import torch.nn as nn
 
 
+def active() -> bool:
+    """True once this process has joined a process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def launched() -> bool:
     """True in a process started by torchrun (or anything else that sets WORLD_SIZE)."""
     return "WORLD_SIZE" in os.environ
@@ -27,31 +32,31 @@ def init_from_env(device: torch.device) -> torch.device:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if not active():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return device
 
 
 def shutdown():
-    if dist.is_available() and dist.is_initialized():
+    if active():
         dist.destroy_process_group()
 
 
 def rank_and_world() -> Tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
+    if active():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks in place (nothing to do in a single process)."""
-    if dist.is_available() and dist.is_initialized():
+    if active():
         dist.all_reduce(t)
     return t
 
 
 def barrier(device: torch.device):
-    if dist.is_available() and dist.is_initialized():
+    if active():
         dist.barrier(device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -69,15 +74,15 @@ class _SyncBatchNorm(torch.autograd.Function):
         stats = torch.cat([x64.sum(0), (x64 * x64).sum(0), x64.new_tensor([x.shape[0]])])
         dist.all_reduce(stats, group=group)
         n = stats[-1]
-        if n.item() <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got {int(n.item())} "
+        ctx.n, ctx.group = n.item(), group
+        if ctx.n <= 1:  # as nn.BatchNorm1d says it
+            raise ValueError(f"Expected more than 1 value per channel when training, got {int(ctx.n)} "
                              f"rows over all ranks")
         mean = stats[:c] / n
         var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)  # biased, as used for normalising
         invstd = torch.rsqrt(var + eps)
         x_hat = ((x64 - mean) * invstd).to(x.dtype)
         ctx.save_for_backward(x_hat, weight, invstd.to(x.dtype))
-        ctx.n, ctx.group = n.item(), group
         mean, var = mean.to(x.dtype), var.to(x.dtype)
         ctx.mark_non_differentiable(mean, var, n)
         return x_hat * weight + bias, mean, var, n
@@ -109,7 +114,7 @@ class SyncBatchNormFlat(nn.BatchNorm1d):
     def forward(self, x):
         *lead, c = x.shape
         flat = x.reshape(-1, c)
-        if not (self.training and dist.is_initialized()):
+        if not (self.training and active()):
             return super().forward(flat).view(*lead, c)
         y, mean, var, n = _SyncBatchNorm.apply(flat, self.weight, self.bias, self.eps, self.group)
         with torch.no_grad():  # running statistics as nn.BatchNorm1d keeps them (unbiased variance)
@@ -142,7 +147,7 @@ def convert_sync_batchnorm(module: nn.Module, group=None) -> nn.Module:
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel around ``model`` with synchronised BatchNorm (when more than one
     rank shares the batch); the model itself when not launched distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return model
     if dist.get_world_size() > 1:
         # Its own group: the statistics' all-reduces interleave with DDP's gradient buckets.

@@ -6,6 +6,7 @@ The workers only compute and save; every comparison is made here, against a sing
 run of the same model (float64, so float rounding cannot hide a wrong statistic)."""
 import json
 import os
+from datetime import timedelta
 import subprocess
 import sys
 
@@ -75,7 +76,8 @@ def _sync_bn_case(rank):
 def _worker(rank, init, out_dir):
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
+    # A timeout turns a mismatched collective into an error instead of a hang.
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD, timeout=timedelta(seconds=120))
     try:
         data = _data()
         res = {"sync_bn": _sync_bn_case(rank)}
