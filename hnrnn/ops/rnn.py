@@ -74,8 +74,7 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
-    ctx.set_materialize_grads(False)
-    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 5H) workspace
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 2H) workspace
 
 
 def _gru_backward_with(bwd_op):
@@ -100,10 +99,29 @@ def _rnn_backward_with(bwd_op):
     return backward
 
 
+# Fake kernels, shared by the compiled ops and (under the Triton interpreter) the Triton ops.
+
 def _fake_forward(gates_x: Tensor, h0: Tensor, kind: str):
     T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
     return (gates_x.new_empty((T, B, H)), h0.new_empty((B, H)),
             gates_x.new_empty((T, B, _WS[kind] * H)))
+
+
+def _gru_fake(gates_x, h0, w_hh, b_hh, reverse, lengths):
+    return _fake_forward(gates_x, h0, "gru")
+
+
+def _gru_backward_fake(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
+    T, B, H = grad_out.shape
+    return grad_out.new_empty((T, B, 3 * H)), grad_out.new_empty((T, B, 3 * H)), grad_h_n.new_empty((B, H))
+
+
+def _rnn_fake(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
+    return _fake_forward(gates_x, h0, "rnn")
+
+
+def _rnn_backward_fake(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
+    return grad_out.new_empty(grad_out.shape), grad_h_n.new_empty(grad_h_n.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -114,22 +132,9 @@ def _register_compiled():
     if extension() is None or not hasattr(torch.ops.hnrnn, "gru_recurrence"):
         return False
 
-    @torch.library.register_fake("hnrnn::gru_recurrence")
-    def _(gates_x, h0, w_hh, b_hh, reverse, lengths):
-        return _fake_forward(gates_x, h0, "gru")
-
-    @torch.library.register_fake("hnrnn::gru_recurrence_backward")
-    def _(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
-        T, B, H = grad_out.shape
-        return grad_out.new_empty((T, B, 3 * H)), grad_out.new_empty((T, B, 3 * H)), grad_h_n.new_empty((B, H))
-
-    @torch.library.register_fake("hnrnn::rnn_recurrence")
-    def _(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
-        return _fake_forward(gates_x, h0, "rnn")
-
-    @torch.library.register_fake("hnrnn::rnn_recurrence_backward")
-    def _(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
-        return grad_out.new_empty(grad_out.shape), grad_h_n.new_empty(grad_h_n.shape)
+    for name, fake in (("gru_recurrence", _gru_fake), ("gru_recurrence_backward", _gru_backward_fake),
+                       ("rnn_recurrence", _rnn_fake), ("rnn_recurrence_backward", _rnn_backward_fake)):
+        torch.library.register_fake(f"hnrnn::{name}")(fake)
 
     torch.library.register_autograd(
         "hnrnn::gru_recurrence", _gru_backward_with(torch.ops.hnrnn.gru_recurrence_backward),
@@ -161,27 +166,26 @@ def triton_ops():
 
 
 def _register_triton():
-    from torch.library import triton_op
-
     from hnrnn.kernels import gru as kgru
+    from hnrnn.kernels._common import triton_op
     from hnrnn.kernels import rnn as krnn
 
-    @triton_op("hnrnn::gru_recurrence_triton", mutates_args=())
+    @triton_op("hnrnn::gru_recurrence_triton", _gru_fake)
     def gru_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], reverse: bool,
                 lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         return kgru.gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths)
 
-    @triton_op("hnrnn::gru_recurrence_backward_triton", mutates_args=())
+    @triton_op("hnrnn::gru_recurrence_backward_triton", _gru_backward_fake)
     def gru_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, reverse: bool,
                 lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         return kgru.gru_backward(grad_out, grad_h_n, ws, w_hh, reverse, lengths)
 
-    @triton_op("hnrnn::rnn_recurrence_triton", mutates_args=())
+    @triton_op("hnrnn::rnn_recurrence_triton", _rnn_fake)
     def rnn_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], relu: bool,
                 reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         return krnn.rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
 
-    @triton_op("hnrnn::rnn_recurrence_backward_triton", mutates_args=())
+    @triton_op("hnrnn::rnn_recurrence_backward_triton", _rnn_backward_fake)
     def rnn_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, relu: bool,
                 reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         return krnn.rnn_backward(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths)
@@ -191,17 +195,8 @@ def _register_triton():
     return gru_fwd, gru_bwd, rnn_fwd, rnn_bwd
 
 
-def _register_triton_if_usable():
-    # Where the triton backend can run, register its ops at import, outside any torch.compile
-    # trace; CPU-only machines without the interpreter never pay for importing triton.
-    if _backend.triton_interpret() or torch.cuda.is_available():
-        try:
-            triton_ops()
-        except ImportError:
-            pass
-
-
-_register_triton_if_usable()
+if _backend.triton_may_run():  # register at import, outside any torch.compile trace
+    triton_ops()
 
 
 # ---------------------------------------------------------------------------

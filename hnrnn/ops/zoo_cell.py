@@ -130,14 +130,20 @@ class _EagerSequence(torch.autograd.Function):
 
 
 def _triton_forward_op():
-    """The Triton forward op, registering it (and importing triton) on first use."""
+    """The Triton forward op, registering the Triton ops (and importing triton) on first use."""
     global _triton_registered
     if not _triton_registered:
-        from hnrnn.kernels import zoo_cell as _kernels  # noqa: F401  (defines the triton_ops)
-        # triton_op traces its body for fake tensors; only autograd needs wiring.
+        from hnrnn.kernels import zoo_cell as kernels
+        from hnrnn.kernels._common import triton_op
+        triton_op("hnrnn::zoo_cell_forward_triton", _forward_fake)(kernels.zoo_cell_forward_triton)
+        triton_op("hnrnn::zoo_cell_backward_triton", _backward_fake)(kernels.zoo_cell_backward_triton)
         _register("hnrnn::zoo_cell_forward_triton", "hnrnn::zoo_cell_backward_triton", with_fakes=False)
         _triton_registered = True
     return torch.ops.hnrnn.zoo_cell_forward_triton
+
+
+if _backend.triton_may_run():  # register at import, outside any torch.compile trace
+    _triton_forward_op()
 
 
 # ---------------------------------------------------------------------------------------------
