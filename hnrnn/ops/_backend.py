@@ -90,6 +90,22 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
     return next(b for b in preference if unavailable_reason(b, device) is None)
 
 
+def autocast_cast(tensors, device: torch.device, kernel_dtypes):
+    """The cast policy of the fused ops under torch.autocast (one place for every op family).
+
+    A fused kernel needs all its float inputs in one dtype: autocast's low-precision dtype where
+    the kernel has one (its 16-bit kernels accumulate in fp32), else float32. float64 tensors,
+    non-float tensors and None pass unchanged, as under autocast; outside autocast (for
+    `device`'s type) everything does."""
+    if not torch.is_autocast_enabled(device.type):
+        return tuple(tensors)
+    dtype = torch.get_autocast_dtype(device.type)
+    if dtype not in kernel_dtypes:
+        dtype = torch.float32
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
 def available(device: torch.device):
     """Backends that can run on `device`, fastest first."""
     return [b for b in BACKENDS if unavailable_reason(b, device) is None]

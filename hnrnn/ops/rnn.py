@@ -203,17 +203,28 @@ if _backend.triton_may_run():  # register at import, outside any torch.compile t
 # public entry points
 # ---------------------------------------------------------------------------
 
-_COMPILED_DTYPES = {"cpu": (torch.float32, torch.float64),
-                    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+# The dtypes each fused backend computes in (16-bit ones accumulate in fp32).
+_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64),
+                  "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                  "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 
 
-def _backend_for(backend: Optional[str], t: Tensor) -> str:
-    b = resolve(backend, t.device)
-    # An automatic choice falls back to the reference for dtypes a kernel does not cover
-    # (e.g. bfloat16 on CPU); an explicit one is taken at its word.
-    if (backend in (None, "auto") and b in _COMPILED_DTYPES and t.dtype not in _COMPILED_DTYPES[b]):
-        return "reference"
-    return b
+def _backend_and_inputs(backend: Optional[str], gates_x: Tensor, h0: Tensor, w_hh: Tensor,
+                        b_hh: Optional[Tensor]):
+    """The backend to run and its inputs. Under torch.autocast a fused backend gets them cast
+    by the shared policy (_backend.autocast_cast: the autocast dtype where its kernel has one,
+    else float32); the reference, plain PyTorch, follows autocast's own per-op rules as torch.nn
+    does. Outside autocast an automatic choice falls back to the reference for dtypes no kernel
+    covers (e.g. bfloat16 on CPU); an explicit one is taken at its word."""
+    b = resolve(backend, gates_x.device)
+    tensors = (gates_x, h0, w_hh, b_hh)
+    if b == "reference":
+        return b, tensors
+    if torch.is_autocast_enabled(gates_x.device.type):
+        return b, _backend.autocast_cast(tensors, gates_x.device, _KERNEL_DTYPES[b])
+    if backend in (None, "auto") and gates_x.dtype not in _KERNEL_DTYPES[b]:
+        return "reference", tensors
+    return b, tensors
 
 
 _TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers
@@ -237,7 +248,7 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """GRU recurrence of one layer and direction. gates_x: (T, B, 3H) = x W_ih^T + b_ih;
     h0: (B, H); w_hh: (3H, H). Returns (out (T, B, H), h_n (B, H))."""
-    b = _backend_for(backend, gates_x)
+    b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, gates_x, h0, w_hh, b_hh)
     lengths = _check_lengths(lengths, gates_x.device)
     if b == "reference":
         return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
@@ -256,7 +267,7 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     """Vanilla-RNN recurrence of one layer and direction. gates_x: (T, B, H); w_hh: (H, H)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    b = _backend_for(backend, gates_x)
+    b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, gates_x, h0, w_hh, b_hh)
     lengths = _check_lengths(lengths, gates_x.device)
     relu = nonlinearity == "relu"
     if b == "reference":

@@ -25,6 +25,9 @@ nn.BatchNorm1d), a RuntimeError for devices, an IndexError for ids outside [0, V
 is checked with one reduction; under torch.compile it cannot be (no host sync in a graph): the
 CPU kernel still checks every id while gathering, the CUDA and Triton kernels read an
 out-of-range id as a NaN embedding row instead of touching memory out of bounds.
+
+Under torch.autocast the float inputs are cast to float32 (no zoo-cell kernel has a 16-bit
+variant; _backend.autocast_cast is the policy shared with the GRU / RNN ops).
 """
 from typing import Optional, Tuple
 
@@ -213,6 +216,10 @@ def _check_ids_range(ids, vocab_size):
 # ---------------------------------------------------------------------------------------------
 
 def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
+    if isinstance(floats[0], Tensor):
+        # Under torch.autocast: float32 on every backend, as no zoo-cell kernel has a 16-bit
+        # variant (the inputs must share one dtype, e.g. a bfloat16 carried state).
+        floats = _backend.autocast_cast(floats, floats[0].device, kernel_dtypes=())
     ids, floats = _validate(ids, floats, training, momentum, eps, seq)
     h0, emb = floats[0], floats[1]
     be = _backend.resolve(backend, h0.device)
