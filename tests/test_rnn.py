@@ -266,27 +266,6 @@ def test_opcheck_backward_ops():
                           (torch.randn_like(out), torch.randn_like(h_n), ws, w, False, True, None))
 
 
-@pytest.mark.parametrize("kind", ["gru", "rnn"])
-def test_torch_compile_fullgraph(kind):
-    torch._dynamo.reset()
-    ref, ours = make_pair(kind, 4, 8, "cpu", torch.float32, num_layers=2, batch_first=True, bidirectional=True)
-    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
-    x, h0, g_out, g_h = _inputs(4, 8, 2, True, True, 6, 3, True, torch.float32)
-    want = run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h)
-    got = run_with_grads(compiled, leaf(x), leaf(h0), g_out, g_h)
-    assert_matches(got, want, atol=2e-5, rtol=1e-4)
-
-
-@pytest.mark.slow
-def test_torch_compile_inductor():
-    torch._dynamo.reset()
-    ref, ours = make_pair("gru", 4, 8, "cpu", torch.float32, num_layers=2, batch_first=True)
-    compiled = torch.compile(ours, fullgraph=True)
-    x, h0, g_out, g_h = _inputs(4, 8, 2, False, True, 6, 3, True, torch.float32)
-    assert_matches(run_with_grads(compiled, leaf(x), leaf(h0), g_out, g_h),
-                   run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=2e-5, rtol=1e-4)
-
-
 # ------------------------------------------------------------------ drop-in contract
 
 @pytest.mark.parametrize("args,kw", [
