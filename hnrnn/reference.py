@@ -36,9 +36,8 @@ def batch_norm_step(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
         if n < 2:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-        acc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in fp32, as ATen
-        mean = acc.mean(0)
-        var = acc.var(0, unbiased=False)
+        mean = x.mean(0)
+        var = x.var(0, unbiased=False)
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
         new_var = (1 - momentum) * running_var + momentum * var.detach() * (n / (n - 1))
     else:

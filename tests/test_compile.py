@@ -17,6 +17,8 @@ import torch
 import hnrnn.nn
 from hnrnn.zoo import MODELS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch.nn's CPU RNN: see tests/conftest.py
+
 # float32; inductor reorders and fuses the arithmetic around hnrnn's ops, hence its looser bound.
 TOLERANCE = {"aot_eager": dict(atol=1e-5, rtol=1.3e-6), "inductor": dict(atol=2e-5, rtol=1e-4)}
 

@@ -21,15 +21,7 @@ from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_modu
 BACKENDS = ["cpu", "reference"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # torch.nn's CPU RNN opens an OpenMP region per small op; on a shared 2-core machine
-    # under load that costs a scheduler quantum each (100x slowdowns). Correctness tests run
-    # single-threaded; test_cpu_kernels_split_batch_across_threads covers the threaded path.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 # kind, hidden, layers, bias, batch_first, bidirectional, h0, T, B, nonlinearity
 GRID = [

@@ -91,12 +91,13 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
 
 
 def autocast_cast(tensors, device: torch.device, kernel_dtypes):
-    """The cast policy of the fused ops under torch.autocast (one place for every op family).
+    """The cast policy of hnrnn's ops under torch.autocast (one place for every op family).
 
-    A fused kernel needs all its float inputs in one dtype: autocast's low-precision dtype where
-    the kernel has one (its 16-bit kernels accumulate in fp32), else float32. float64 tensors,
-    non-float tensors and None pass unchanged, as under autocast; outside autocast (for
-    `device`'s type) everything does."""
+    An op computes with all its float inputs in one dtype: autocast's low-precision dtype where
+    the backend's kernel has one (the 16-bit kernels accumulate in fp32), else float32. float64
+    tensors, non-float tensors and None pass unchanged, as under autocast; outside autocast (for
+    `device`'s type) everything does. GEMMs outside the ops (input projection, output layer)
+    follow autocast's own rules."""
     if not torch.is_autocast_enabled(device.type):
         return tuple(tensors)
     dtype = torch.get_autocast_dtype(device.type)
@@ -104,6 +105,12 @@ def autocast_cast(tensors, device: torch.device, kernel_dtypes):
         dtype = torch.float32
     return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
                  else t for t in tensors)
+
+
+def without_autocast(device: torch.device):
+    """Where the reference backend runs: under autocast its inputs were cast by autocast_cast,
+    and it computes in that dtype like the kernels, not in autocast's per-op dtypes."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def available(device: torch.device):

@@ -203,23 +203,22 @@ if _backend.triton_may_run():  # register at import, outside any torch.compile t
 # public entry points
 # ---------------------------------------------------------------------------
 
-# The dtypes each fused backend computes in (16-bit ones accumulate in fp32).
+# The dtypes each backend's kernels compute in (the 16-bit ones accumulate in fp32). Under
+# autocast the reference computes in float32, the arithmetic those kernels accumulate in.
 _KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64),
                   "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
-                  "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+                  "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                  "reference": (torch.float32, torch.float64)}
 
 
 def _backend_and_inputs(backend: Optional[str], gates_x: Tensor, h0: Tensor, w_hh: Tensor,
                         b_hh: Optional[Tensor]):
-    """The backend to run and its inputs. Under torch.autocast a fused backend gets them cast
-    by the shared policy (_backend.autocast_cast: the autocast dtype where its kernel has one,
-    else float32); the reference, plain PyTorch, follows autocast's own per-op rules as torch.nn
-    does. Outside autocast an automatic choice falls back to the reference for dtypes no kernel
+    """The backend to run and its inputs. Under torch.autocast they are cast by the shared
+    policy (_backend.autocast_cast: the autocast dtype where the backend's kernel has one, else
+    float32). Otherwise an automatic choice falls back to the reference for dtypes no kernel
     covers (e.g. bfloat16 on CPU); an explicit one is taken at its word."""
     b = resolve(backend, gates_x.device)
     tensors = (gates_x, h0, w_hh, b_hh)
-    if b == "reference":
-        return b, tensors
     if torch.is_autocast_enabled(gates_x.device.type):
         return b, _backend.autocast_cast(tensors, gates_x.device, _KERNEL_DTYPES[b])
     if backend in (None, "auto") and gates_x.dtype not in _KERNEL_DTYPES[b]:
@@ -251,7 +250,8 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, gates_x, h0, w_hh, b_hh)
     lengths = _check_lengths(lengths, gates_x.device)
     if b == "reference":
-        return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
+        with _backend.without_autocast(gates_x.device):
+            return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
         _check_triton_size(h0.shape[-1], gates_x.device)
         triton_ops()
@@ -271,7 +271,8 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     lengths = _check_lengths(lengths, gates_x.device)
     relu = nonlinearity == "relu"
     if b == "reference":
-        return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
+        with _backend.without_autocast(gates_x.device):
+            return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
     if b == "triton":
         _check_triton_size(h0.shape[-1], gates_x.device)
         triton_ops()

@@ -218,7 +218,7 @@ def _check_ids_range(ids, vocab_size):
 def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
     if isinstance(floats[0], Tensor):
         # Under torch.autocast: float32 on every backend, as no zoo-cell kernel has a 16-bit
-        # variant (the inputs must share one dtype, e.g. a bfloat16 carried state).
+        # variant (and the inputs must share one dtype: think of a bfloat16 carried state).
         floats = _backend.autocast_cast(floats, floats[0].device, kernel_dtypes=())
     ids, floats = _validate(ids, floats, training, momentum, eps, seq)
     h0, emb = floats[0], floats[1]
@@ -227,7 +227,8 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
         _check_ids_range(ids, emb.shape[0])
     if be == "reference":
         fn = reference.zoo_cell_sequence if seq else reference.zoo_cell_step
-        return fn(ids, *floats, norm_state, training, momentum, eps)
+        with _backend.without_autocast(h0.device):
+            return fn(ids, *floats, norm_state, training, momentum, eps)
     if not seq:
         ids = ids.unsqueeze(1)
     if be == "triton":
