@@ -167,8 +167,8 @@ def triton_ops():
 
 def _register_triton():
     from hnrnn.kernels import gru as kgru
-    from hnrnn.kernels._common import triton_op
     from hnrnn.kernels import rnn as krnn
+    from hnrnn.kernels._common import triton_op
 
     @triton_op("hnrnn::gru_recurrence_triton", _gru_fake)
     def gru_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], reverse: bool,
