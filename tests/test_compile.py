@@ -91,7 +91,7 @@ def test_zoo_model_compiles_with_inductor(name):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("name", ["Model1", "Model3", "Model5"])
+@pytest.mark.parametrize("name", list(MODELS))
 def test_zoo_model_compiles_fullgraph_triton(name):
     check_zoo_model(name, "triton")
 
