@@ -1,7 +1,27 @@
-"""Small helpers shared by the Triton recurrence launchers."""
+"""Small helpers shared by the Triton kernels and their launchers."""
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
+
+from hnrnn.ops._backend import triton_interpret
+
+
+def triton_op(name: str, fake: Callable):
+    """Decorator: ``torch.library.triton_op(name, mutates_args=())``, except under TRITON_INTERPRET=1.
+
+    There triton.jit gives interpreted functions, which wrap_triton cannot capture: tracing the
+    body (triton_op's fake kernel and its functional decomposition) would launch them on fake
+    tensors. So under the interpreter the op is an opaque custom_op with the explicit ``fake``
+    kernel, and torch.compile traces it as it does the compiled ops."""
+    def decorate(fn):
+        if not triton_interpret():
+            return torch.library.triton_op(name, fn, mutates_args=())
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fake)
+        return op
+    return decorate
 
 
 def block_sizes(B: int, H: int):

@@ -1,6 +1,6 @@
-"""Triton kernels of the zoo cell, their launchers, and the triton_ops
-hnrnn::zoo_cell_forward_triton / hnrnn::zoo_cell_backward_triton (same schemas as the compiled
-hnrnn::zoo_cell_forward / zoo_cell_backward; autograd is wired in hnrnn.ops.zoo_cell).
+"""Triton kernels of the zoo cell and their launchers, registered by hnrnn.ops.zoo_cell as the
+triton_ops hnrnn::zoo_cell_forward_triton / hnrnn::zoo_cell_backward_triton (same schemas as the
+compiled hnrnn::zoo_cell_forward / zoo_cell_backward).
 
 Two paths each way:
 - whole sequence in one program (`_fwd_seq_kernel`, `_bwd_seq_kernel`) when the weight and the
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 # Limits of the one-program paths (padded sizes), and a test hook to force the per-step paths.
 SEQ_MAX_H = 128
@@ -182,7 +182,6 @@ def _fwd_step_kernel(ids_ptr, h_ptr, h_stride, emb_ptr, w_ptr, b_ptr, g_ptr, bet
         tl.store(out_ptr + rows[:, None] * (T * H) + cols[None, :], o, mask=m2)
 
 
-@triton_op("hnrnn::zoo_cell_forward_triton", mutates_args=())
 def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
                             bn_weight: Tensor, bn_bias: Tensor, running_mean: Tensor, running_var: Tensor,
                             norm_state: bool, training: bool, momentum: float, eps: float
@@ -338,7 +337,6 @@ def _segment_sum_kernel(src_ptr, order_ptr, offsets_ptr, dst_ptr, H, BLOCK_H: tl
     tl.store(dst_ptr + v * H + cols, acc, mask=mc)
 
 
-@triton_op("hnrnn::zoo_cell_backward_triton", mutates_args=())
 def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vocab_size: int, weight: Tensor,
                              bn_weight: Tensor, xs: Tensor, rs: Tensor, mean: Tensor, invstd: Tensor,
                              norm_state: bool, training: bool

@@ -22,3 +22,14 @@ def pytest_collection_modifyitems(config, items):
 def _deterministic_seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """torch.nn's CPU RNN opens an OpenMP region per small op; on a shared 2-core machine under
+    load that costs a scheduler quantum each (100x slowdowns). Correctness tests that run it use
+    one thread (tests/test_rnn.py covers the threaded path of hnrnn's own kernels)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

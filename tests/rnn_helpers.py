@@ -63,7 +63,7 @@ def assert_within_2x_torch_error(ours, torch32, truth, floor=1e-6):
         ref_err = (b.double() - t).abs().max().item()
         scale = max(1.0, t.abs().max().item())
         assert err <= 2 * ref_err + floor * scale, \
-            f"tensor {i}: error {err:.3g} vs torch.nn float32 error {ref_err:.3g}"
+            f"tensor {i}: error {err:.3g} vs torch.nn's own error {ref_err:.3g}"
 
 
 def cast_module(mod, dtype):

@@ -21,15 +21,7 @@ from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_modu
 BACKENDS = ["cpu", "reference"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # torch.nn's CPU RNN opens an OpenMP region per small op; on a shared 2-core machine
-    # under load that costs a scheduler quantum each (100x slowdowns). Correctness tests run
-    # single-threaded; test_cpu_kernels_split_batch_across_threads covers the threaded path.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 # kind, hidden, layers, bias, batch_first, bidirectional, h0, T, B, nonlinearity
 GRID = [
@@ -324,27 +316,6 @@ def test_network_gradcheck_through_dropout(mode):
     noise = torch.ops.hnrnn.rnn_network(x, hx, weights, *rest)[2][-1]  # between layers 0 and 1
     assert (noise == 0).any() and (noise == 1 / 0.6).any()
     assert torch.autograd.gradcheck(f, inputs)
-
-
-@pytest.mark.parametrize("kind", ["gru", "rnn"])
-def test_torch_compile_fullgraph(kind):
-    torch._dynamo.reset()
-    ref, ours = make_pair(kind, 4, 8, "cpu", torch.float32, num_layers=2, batch_first=True, bidirectional=True)
-    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
-    x, h0, g_out, g_h = _inputs(4, 8, 2, True, True, 6, 3, True, torch.float32)
-    want = run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h)
-    got = run_with_grads(compiled, leaf(x), leaf(h0), g_out, g_h)
-    assert_matches(got, want, atol=2e-5, rtol=1e-4)
-
-
-@pytest.mark.slow
-def test_torch_compile_inductor():
-    torch._dynamo.reset()
-    ref, ours = make_pair("gru", 4, 8, "cpu", torch.float32, num_layers=2, batch_first=True)
-    compiled = torch.compile(ours, fullgraph=True)
-    x, h0, g_out, g_h = _inputs(4, 8, 2, False, True, 6, 3, True, torch.float32)
-    assert_matches(run_with_grads(compiled, leaf(x), leaf(h0), g_out, g_h),
-                   run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=2e-5, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ drop-in contract

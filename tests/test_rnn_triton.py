@@ -10,16 +10,7 @@ from hnrnn.ops import rnn as ops
 from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, leaf, make_pair,
                          packed_leaf, run_with_grads)
 
-pytestmark = pytest.mark.interpreter
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # see tests/test_rnn.py: torch.nn's CPU RNN is pathologically slow with 2 threads under load
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("one_thread")]  # see tests/conftest.py
 
 # kind, hidden, layers, bias, batch_first, bidirectional, h0, T, B, nonlinearity
 GRID = [

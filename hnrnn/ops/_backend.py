@@ -8,7 +8,7 @@ Every op has four backends behind one entry point:
 Choice: the `backend=` argument, else the HNRNN_BACKEND environment variable, else
 the fastest available for the tensor's device. Asking for one that is not there is an error.
 """
-import functools
+import importlib.util
 import os
 from typing import Optional
 
@@ -21,9 +21,7 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend cannot run here (not built, not installed, or wrong device)."""
 
 
-@functools.lru_cache(maxsize=None)
-def extension():
-    """The compiled hnrnn._C module, or None when it was not built."""
+def _load_extension():
     try:
         from hnrnn import _C
     except ImportError:
@@ -31,17 +29,31 @@ def extension():
     return _C
 
 
-@functools.lru_cache(maxsize=None)
+# Looked up once, at import: torch.compile traces the backend choice, and plain constants keep
+# imports and calls into the extension out of the trace (no lru_cache wrappers to trace through).
+_EXTENSION = _load_extension()
+_CUDA_COMPILED = _EXTENSION is not None and _EXTENSION.cuda_compiled()
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None  # without paying for importing it
+
+
+def extension():
+    """The compiled hnrnn._C module, or None when it was not built."""
+    return _EXTENSION
+
+
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON_FOUND
 
 
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_may_run() -> bool:
+    """Whether the triton backend can run here at all. The op modules then register their Triton
+    ops at import, outside any torch.compile trace (registering inside one breaks the graph);
+    CPU-only machines without the interpreter never pay for importing triton."""
+    return triton_available() and (triton_interpret() or torch.cuda.is_available())
 
 
 def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
@@ -54,7 +66,7 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
             return "the compiled extension hnrnn._C is not built (reinstall with `pip install --no-build-isolation -e .`)"
         if device.type != backend:
             return f"the {backend} backend runs on {backend} tensors, got tensors on {device}"
-        if backend == "cuda" and not ext.cuda_compiled():
+        if backend == "cuda" and not _CUDA_COMPILED:
             return "hnrnn._C was built without CUDA (no nvcc, or HNRNN_FORCE_CPU=1, at install time)"
         return None
     if backend == "triton":
@@ -76,6 +88,29 @@ def resolve(backend: Optional[str], device: torch.device) -> str:
         return backend
     preference = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
     return next(b for b in preference if unavailable_reason(b, device) is None)
+
+
+def autocast_cast(tensors, device: torch.device, kernel_dtypes):
+    """The cast policy of hnrnn's ops under torch.autocast (one place for every op family).
+
+    An op computes with all its float inputs in one dtype: autocast's low-precision dtype where
+    the backend's kernel has one (the 16-bit kernels accumulate in fp32), else float32. float64
+    tensors, non-float tensors and None pass unchanged, as under autocast; outside autocast (for
+    `device`'s type) everything does. GEMMs outside the ops (input projection, output layer)
+    follow autocast's own rules."""
+    if not torch.is_autocast_enabled(device.type):
+        return tuple(tensors)
+    dtype = torch.get_autocast_dtype(device.type)
+    if dtype not in kernel_dtypes:
+        dtype = torch.float32
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
+def without_autocast(device: torch.device):
+    """Where the reference backend runs: under autocast its inputs were cast by autocast_cast,
+    and it computes in that dtype like the kernels, not in autocast's per-op dtypes."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def available(device: torch.device):

@@ -26,6 +26,7 @@ Workspace `ws` (what backward needs, produced by every compiled/Triton backend a
 `lengths` (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
 t < lengths[b]; masked steps output 0 and carry the state (see hnrnn.reference).
 """
+import contextlib
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -105,10 +106,29 @@ def _rnn_backward_with(bwd_op):
     return backward
 
 
+# Fake kernels, shared by the compiled ops and (under the Triton interpreter) the Triton ops.
+
 def _fake_forward(gates_x: Tensor, h0: Tensor, kind: str):
     T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
     return (gates_x.new_empty((T, B, H)), h0.new_empty((B, H)),
             gates_x.new_empty((T, B, _WS[kind] * H)))
+
+
+def _gru_fake(gates_x, h0, w_hh, b_hh, reverse, lengths):
+    return _fake_forward(gates_x, h0, "gru")
+
+
+def _gru_backward_fake(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
+    T, B, H = grad_out.shape
+    return grad_out.new_empty((T, B, 3 * H)), grad_out.new_empty((T, B, 3 * H)), grad_h_n.new_empty((B, H))
+
+
+def _rnn_fake(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
+    return _fake_forward(gates_x, h0, "rnn")
+
+
+def _rnn_backward_fake(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
+    return grad_out.new_empty(grad_out.shape), grad_h_n.new_empty(grad_h_n.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -119,22 +139,9 @@ def _register_compiled():
     if extension() is None or not hasattr(torch.ops.hnrnn, "gru_recurrence"):
         return False
 
-    @torch.library.register_fake("hnrnn::gru_recurrence")
-    def _(gates_x, h0, w_hh, b_hh, reverse, lengths):
-        return _fake_forward(gates_x, h0, "gru")
-
-    @torch.library.register_fake("hnrnn::gru_recurrence_backward")
-    def _(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
-        T, B, H = grad_out.shape
-        return grad_out.new_empty((T, B, 3 * H)), grad_out.new_empty((T, B, 3 * H)), grad_h_n.new_empty((B, H))
-
-    @torch.library.register_fake("hnrnn::rnn_recurrence")
-    def _(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
-        return _fake_forward(gates_x, h0, "rnn")
-
-    @torch.library.register_fake("hnrnn::rnn_recurrence_backward")
-    def _(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
-        return grad_out.new_empty(grad_out.shape), grad_h_n.new_empty(grad_h_n.shape)
+    for name, fake in (("gru_recurrence", _gru_fake), ("gru_recurrence_backward", _gru_backward_fake),
+                       ("rnn_recurrence", _rnn_fake), ("rnn_recurrence_backward", _rnn_backward_fake)):
+        torch.library.register_fake(f"hnrnn::{name}")(fake)
 
     @torch.library.register_fake("hnrnn::rnn_network")
     def _(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths):
@@ -174,27 +181,26 @@ def triton_ops():
 
 
 def _register_triton():
-    from torch.library import triton_op
-
     from hnrnn.kernels import gru as kgru
     from hnrnn.kernels import rnn as krnn
+    from hnrnn.kernels._common import triton_op
 
-    @triton_op("hnrnn::gru_recurrence_triton", mutates_args=())
+    @triton_op("hnrnn::gru_recurrence_triton", _gru_fake)
     def gru_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], reverse: bool,
                 lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         return kgru.gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths)
 
-    @triton_op("hnrnn::gru_recurrence_backward_triton", mutates_args=())
+    @triton_op("hnrnn::gru_recurrence_backward_triton", _gru_backward_fake)
     def gru_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, reverse: bool,
                 lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         return kgru.gru_backward(grad_out, grad_h_n, ws, w_hh, reverse, lengths)
 
-    @triton_op("hnrnn::rnn_recurrence_triton", mutates_args=())
+    @triton_op("hnrnn::rnn_recurrence_triton", _rnn_fake)
     def rnn_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], relu: bool,
                 reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
         return krnn.rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
 
-    @triton_op("hnrnn::rnn_recurrence_backward_triton", mutates_args=())
+    @triton_op("hnrnn::rnn_recurrence_backward_triton", _rnn_backward_fake)
     def rnn_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, relu: bool,
                 reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         return krnn.rnn_backward(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths)
@@ -204,34 +210,35 @@ def _register_triton():
     return gru_fwd, gru_bwd, rnn_fwd, rnn_bwd
 
 
-def _register_triton_if_usable():
-    # Where the triton backend can run, register its ops at import, outside any torch.compile
-    # trace; CPU-only machines without the interpreter never pay for importing triton.
-    if _backend.triton_interpret() or torch.cuda.is_available():
-        try:
-            triton_ops()
-        except ImportError:
-            pass
-
-
-_register_triton_if_usable()
+if _backend.triton_may_run():  # register at import, outside any torch.compile trace
+    triton_ops()
 
 
 # ---------------------------------------------------------------------------
 # public entry points
 # ---------------------------------------------------------------------------
 
-_COMPILED_DTYPES = {"cpu": (torch.float32, torch.float64),
-                    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+# The dtypes each backend's kernels compute in (the 16-bit ones accumulate in fp32). Under
+# autocast the reference computes in float32, the arithmetic those kernels accumulate in.
+_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64),
+                  "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                  "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                  "reference": (torch.float32, torch.float64)}
 
 
-def _backend_for(backend: Optional[str], t: Tensor) -> str:
-    b = resolve(backend, t.device)
-    # An automatic choice falls back to the reference for dtypes a kernel does not cover
-    # (e.g. bfloat16 on CPU); an explicit one is taken at its word.
-    if (backend in (None, "auto") and b in _COMPILED_DTYPES and t.dtype not in _COMPILED_DTYPES[b]):
-        return "reference"
-    return b
+def _backend_and_inputs(backend: Optional[str], tensors: Sequence[Optional[Tensor]]):
+    """The backend to run and its inputs (the first one decides device and dtype). Under
+    torch.autocast they are cast by the shared policy (_backend.autocast_cast: the autocast
+    dtype where the backend's kernel has one, else float32). Otherwise an automatic choice falls
+    back to the reference for dtypes no kernel covers (e.g. bfloat16 on CPU); an explicit one is
+    taken at its word."""
+    first = tensors[0]
+    b = resolve(backend, first.device)
+    if torch.is_autocast_enabled(first.device.type):
+        return b, _backend.autocast_cast(tensors, first.device, _KERNEL_DTYPES[b])
+    if backend in (None, "auto") and first.dtype not in _KERNEL_DTYPES[b]:
+        return "reference", tuple(tensors)
+    return b, tuple(tensors)
 
 
 _TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers
@@ -255,10 +262,11 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """GRU recurrence of one layer and direction. gates_x: (T, B, 3H) = x W_ih^T + b_ih;
     h0: (B, H); w_hh: (3H, H). Returns (out (T, B, H), h_n (B, H))."""
-    b = _backend_for(backend, gates_x)
+    b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, (gates_x, h0, w_hh, b_hh))
     lengths = _check_lengths(lengths, gates_x.device)
     if b == "reference":
-        return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
+        with _backend.without_autocast(gates_x.device):
+            return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
         _check_triton_size(h0.shape[-1], gates_x.device)
         triton_ops()
@@ -274,11 +282,12 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     """Vanilla-RNN recurrence of one layer and direction. gates_x: (T, B, H); w_hh: (H, H)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    b = _backend_for(backend, gates_x)
+    b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, (gates_x, h0, w_hh, b_hh))
     lengths = _check_lengths(lengths, gates_x.device)
     relu = nonlinearity == "relu"
     if b == "reference":
-        return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
+        with _backend.without_autocast(gates_x.device):
+            return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
     if b == "triton":
         _check_triton_size(h0.shape[-1], gates_x.device)
         triton_ops()
@@ -298,12 +307,18 @@ def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Opti
     draw it (the same noise on every backend and device). Returns (out (T, B, num_directions * H), h_n)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    b = _backend_for(backend, input)
     lengths = _check_lengths(lengths, input.device)
-    if b in ("cpu", "cuda"):  # the whole network in one op (csrc/rnn_network.cpp)
-        flat = [t for w in weights for t in w if t is not None]
-        out, h_n, _ = torch.ops.hnrnn.rnn_network(input, hx, flat, MODES.index(mode), num_layers, bidirectional,
-                                                  float(dropout), bool(training), lengths)
+    flat = [t for w in weights for t in w if t is not None]
+    b, (x, h, *flat) = _backend_and_inputs(backend, (input, hx, *flat))
+    device = input.device.type
+    autocast = torch.is_autocast_enabled(device)
+    # The whole network in one op (csrc/rnn_network.cpp), in the dtype the policy above cast to.
+    # Under an autocast dtype the kernels lack (bfloat16 on the CPU) the layers run one by one
+    # below instead, so the projection GEMMs still run in low precision, as autocast would.
+    if b in ("cpu", "cuda") and (not autocast or torch.get_autocast_dtype(device) in _KERNEL_DTYPES[b]):
+        with _backend.without_autocast(input.device) if autocast else contextlib.nullcontext():
+            out, h_n, _ = torch.ops.hnrnn.rnn_network(x, h, flat, MODES.index(mode), num_layers, bidirectional,
+                                                      float(dropout), bool(training), lengths)
         return out, h_n
     dirs = 2 if bidirectional else 1
     layer_input = input

@@ -25,6 +25,9 @@ nn.BatchNorm1d), a RuntimeError for devices, an IndexError for ids outside [0, V
 is checked with one reduction; under torch.compile it cannot be (no host sync in a graph): the
 CPU kernel still checks every id while gathering, the CUDA and Triton kernels read an
 out-of-range id as a NaN embedding row instead of touching memory out of bounds.
+
+Under torch.autocast the float inputs are cast to float32 (no zoo-cell kernel has a 16-bit
+variant; _backend.autocast_cast is the policy shared with the GRU / RNN ops).
 """
 from typing import Optional, Tuple
 
@@ -89,15 +92,21 @@ _triton_registered = False
 
 
 def _triton_forward_op():
-    """The Triton forward op, registering it (and importing triton) on first use."""
+    """The Triton forward op, registering the Triton ops (and importing triton) on first use."""
     global _triton_registered
     if not _triton_registered:
-        from hnrnn.kernels import zoo_cell as _kernels  # noqa: F401  (defines the triton_ops)
-        # triton_op traces its body for fake tensors; only autograd needs wiring.
+        from hnrnn.kernels import zoo_cell as kernels
+        from hnrnn.kernels._common import triton_op
+        triton_op("hnrnn::zoo_cell_forward_triton", _forward_fake)(kernels.zoo_cell_forward_triton)
+        triton_op("hnrnn::zoo_cell_backward_triton", _backward_fake)(kernels.zoo_cell_backward_triton)
         torch.library.register_autograd("hnrnn::zoo_cell_forward_triton", _triton_backward,
                                         setup_context=_setup_context)
         _triton_registered = True
     return torch.ops.hnrnn.zoo_cell_forward_triton
+
+
+if _backend.triton_may_run():  # register at import, outside any torch.compile trace
+    _triton_forward_op()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +176,10 @@ def _check_ids_range(ids, vocab_size):
 # ---------------------------------------------------------------------------------------------
 
 def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
+    if isinstance(floats[0], Tensor):
+        # Under torch.autocast: float32 on every backend, as no zoo-cell kernel has a 16-bit
+        # variant (and the inputs must share one dtype: think of a bfloat16 carried state).
+        floats = _backend.autocast_cast(floats, floats[0].device, kernel_dtypes=())
     ids, floats = _validate(ids, floats, training, momentum, eps, seq)
     h0, emb = floats[0], floats[1]
     be = _backend.resolve(backend, h0.device)
@@ -174,7 +187,8 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
         _check_ids_range(ids, emb.shape[0])
     if be == "reference":
         fn = reference.zoo_cell_sequence if seq else reference.zoo_cell_step
-        return fn(ids, *floats, norm_state, training, momentum, eps)
+        with _backend.without_autocast(h0.device):
+            return fn(ids, *floats, norm_state, training, momentum, eps)
     if not seq:
         ids = ids.unsqueeze(1)
     op = _triton_forward_op() if be == "triton" else torch.ops.hnrnn.zoo_cell_forward.default
