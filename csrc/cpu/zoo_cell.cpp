@@ -78,7 +78,7 @@ HNRNN_INLINE void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* _
   for (int64_t k = 0; k < n; ++k) {
     T d = ca[k] * g[k] + cc[k] + cd[k] * (r[k] - mean[k]);
     if (kDirect) d += gh[k];
-    dz[k] = r[k] > T(0) ? d : T(0);
+    dz[k] = r[k] <= T(0) ? T(0) : d;  // as zc::bn_relu_backward
   }
 }
 template <typename T>
@@ -204,14 +204,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   TORCH_CHECK_VALUE(!training || B > 1, "Expected more than 1 value per channel when training, got input size [",
                     B, ", ", H, "]");
   check_ids(ids, V);
-  auto out = at::empty({B, T, H}, h0.options());
-  auto hT = at::empty({B, H}, h0.options());
+  auto out = hnrnn::empty_output({B, T, H}, h0.options());
+  auto hT = hnrnn::empty_output({B, H}, h0.options());
   auto rm = running_mean.clone();
   auto rv = running_var.clone();
-  auto xs = at::empty({T, B, H}, h0.options());
-  auto rs = at::empty({T, B, H}, h0.options());
-  auto mean = at::empty({T, H}, h0.options());
-  auto invstd = at::empty({T, H}, h0.options());
+  auto xs = hnrnn::empty_output({T, B, H}, h0.options());
+  auto rs = hnrnn::empty_output({T, B, H}, h0.options());
+  auto mean = hnrnn::empty_output({T, H}, h0.options());
+  auto invstd = hnrnn::empty_output({T, H}, h0.options());
   const Tensor w_t = weight.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cpu", [&] {
     forward_for(static_cast<scalar_t*>(nullptr))(ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(),
@@ -320,14 +320,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu
   }
   check_ids(ids, vocab_size);
   auto opts = weight.options();
-  auto gz = at::empty({T, B, H}, opts);
-  auto gx = at::empty({T, B, H}, opts);
-  auto gh0 = at::empty({B, H}, opts);
+  auto gz = hnrnn::empty_output({T, B, H}, opts);
+  auto gx = hnrnn::empty_output({T, B, H}, opts);
+  auto gh0 = hnrnn::empty_output({B, H}, opts);
   auto gE = at::zeros({vocab_size, H}, opts);
-  auto gW = at::empty({H, H}, opts);
-  auto gb = at::empty({H}, opts);
-  auto ggamma = at::empty({H}, opts);
-  auto gbeta = at::empty({H}, opts);
+  auto gW = hnrnn::empty_output({H, H}, opts);
+  auto gb = hnrnn::empty_output({H}, opts);
+  auto ggamma = hnrnn::empty_output({H}, opts);
+  auto gbeta = hnrnn::empty_output({H}, opts);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_backward_cpu", [&] {
     backward_for(static_cast<scalar_t*>(nullptr))(grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
                               weight.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(),

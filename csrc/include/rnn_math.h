@@ -21,6 +21,7 @@ namespace hnrnn {
 // auto-vectorise the pointwise loops that call it. Relative error about 2 ulp.
 // On the device, and for double, the library exp is used.
 HNRNN_HOST_DEVICE inline float exp_approx_host(float x) {
+  const float in = x;
   x = x < 88.3762626647949f ? x : 88.3762626647949f;
   x = x > -87.3365447505531f ? x : -87.3365447505531f;
   // n = round(x / ln2), r = x - n*ln2 (ln2 split in two for accuracy)
@@ -41,7 +42,7 @@ HNRNN_HOST_DEVICE inline float exp_approx_host(float x) {
   int32_t bits = (n + 127) << 23;
   float pow2n;
   std::memcpy(&pow2n, &bits, sizeof(float));
-  return p * pow2n;
+  return in != in ? in : p * pow2n;  // NaN stays NaN (the clamps above would make it finite)
 }
 
 HNRNN_HOST_DEVICE inline float exp_(float x) {
@@ -114,13 +115,14 @@ HNRNN_HOST_DEVICE inline GruGrads<T> gru_backward(T dh, T r, T z, T n, T gh_n, T
 // ---- vanilla RNN ----
 template <typename T>
 HNRNN_HOST_DEVICE inline T rnn_forward(T pre, bool relu) {
-  return relu ? (pre > T(0) ? pre : T(0)) : tanh_(pre);
+  return relu ? (pre < T(0) ? T(0) : pre) : tanh_(pre);  // NaN stays NaN, as torch.relu
 }
 
 // Gradient of the pre-activation from the gradient of h and h itself.
 template <typename T>
 HNRNN_HOST_DEVICE inline T rnn_backward(T dh, T h, bool relu) {
-  return relu ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
+  // relu: torch's threshold_backward (h <= 0 ? 0 : dh), which passes dh where h is NaN
+  return relu ? (h <= T(0) ? T(0) : dh) : dh * (T(1) - h * h);
 }
 
 }  // namespace hnrnn

@@ -41,7 +41,7 @@ HNRNN_HOST_DEVICE inline T bn_relu_backward(T g_out, T g_r_direct, T r, T mean, 
     g = gamma * invstd * g_out;
   }
   g += g_r_direct;
-  return r > T(0) ? g : T(0);
+  return r <= T(0) ? T(0) : g;  // torch's threshold_backward: NaN r passes g
 }
 
 }  // namespace zoo
