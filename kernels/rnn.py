@@ -14,7 +14,7 @@ from hnrnn.kernels._common import block_sizes, compute_dtype, dot_precision
 @triton.jit
 def _act(x, RELU: tl.constexpr):
     if RELU:
-        return tl.maximum(x, 0.0)
+        return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     else:
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -87,7 +87,7 @@ def _rnn_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dg_ptr, dh0_ptr, T,
         h = tl.load(ws_ptr + row * (2 * H) + rj[None, :], mask=m2, other=0.0).to(ACC)
         d = dh + tl.load(go_ptr + row * H + rj[None, :], mask=m2, other=0.0).to(ACC)
         if RELU:
-            g = tl.where(h > 0.0, d, 0.0)
+            g = tl.where(h <= 0.0, 0.0, d)  # torch's threshold_backward: NaN h passes d
         else:
             g = d * (1.0 - h * h)
         if HAS_LEN:

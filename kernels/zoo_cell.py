@@ -239,7 +239,7 @@ def _bn_relu_grad(g, gh_direct, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAI
     else:
         gr = (gamma * invstd)[None, :] * g
     gr = gr + gh_direct
-    return tl.where(m2 & (r > 0.0), gr, 0.0)
+    return tl.where(m2 & ~(r <= 0.0), gr, 0.0)  # torch's threshold_backward: NaN r passes gr
 
 
 @triton.jit
