@@ -53,10 +53,11 @@ HNRNN_INLINE void row_sq_dev(const T* __restrict__ r, const T* __restrict__ mean
     s[k] += d * d;
   }
 }
+// o = r * scale + shift, the form of torch's CPU batch norm (so inf weights give NaN where its do)
 template <typename T>
-HNRNN_INLINE void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ mean,
-                          const T* __restrict__ scale, const T* __restrict__ beta, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) o[k] = (r[k] - mean[k]) * scale[k] + beta[k];
+HNRNN_INLINE void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ scale,
+                                const T* __restrict__ shift, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) o[k] = r[k] * scale[k] + shift[k];
 }
 // g = gout (+ gh when the state is normalised); sums of g and g * xhat.
 template <bool kAddState, typename T>
@@ -132,10 +133,11 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
                     scalar_t* rv, bool norm_state, bool training, double momentum, double eps,
                     int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT, scalar_t* xs,
                     scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
-  std::vector<scalar_t> buf(3 * H);
+  std::vector<scalar_t> buf(4 * H);
   scalar_t* __restrict__ s1 = buf.data();         // sum, then mean
   scalar_t* __restrict__ s2 = buf.data() + H;     // sum of squared deviations, then invstd
   scalar_t* __restrict__ scale = buf.data() + 2 * H;  // invstd * gamma
+  scalar_t* __restrict__ shift = buf.data() + 3 * H;  // beta - mean * scale
   const scalar_t mom = static_cast<scalar_t>(momentum);
   for (int64_t t = 0; t < T; ++t) {
     scalar_t* __restrict__ x = xs + t * B * H;
@@ -173,8 +175,9 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
       m_t[k] = s1[k];
       is_t[k] = s2[k];
       scale[k] = s2[k] * gamma[k];
+      shift[k] = beta[k] - s1[k] * scale[k];
     }
-    for (int64_t b = 0; b < B; ++b) row_normalise(out + (b * T + t) * H, r + b * H, s1, scale, beta, H);
+    for (int64_t b = 0; b < B; ++b) row_normalise(out + (b * T + t) * H, r + b * H, scale, shift, H);
   }
   for (int64_t b = 0; b < B; ++b) {
     const scalar_t* src = norm_state ? out + (b * T + T - 1) * H : rs + ((T - 1) * B + b) * H;

@@ -21,13 +21,16 @@ namespace hnrnn {
 // auto-vectorise the pointwise loops that call it. Relative error about 2 ulp.
 // On the device, and for double, the library exp is used.
 HNRNN_HOST_DEVICE inline float exp_approx_host(float x) {
-  const float in = x;
-  x = x < 88.3762626647949f ? x : 88.3762626647949f;
-  x = x > -87.3365447505531f ? x : -87.3365447505531f;
+  // NaN passes these clamps (a comparison with NaN is false). Above ln(FLT_MAX) ~ 88.72 the
+  // exponent below reaches 128 and the result is inf, as expf's: sigmoid(-inf) must be 0.
+  x = x > 89.f ? 89.f : x;
+  x = x < -87.3365447505531f ? -87.3365447505531f : x;
   // n = round(x / ln2), r = x - n*ln2 (ln2 split in two for accuracy)
   float fx = x * 1.44269504088896341f;
   fx = fx + (fx >= 0.f ? 0.5f : -0.5f);
-  int32_t n = static_cast<int32_t>(fx);  // truncation after +-0.5 = round half away from zero
+  // Truncation after +-0.5 = round half away from zero. A NaN becomes 128 here (so the
+  // conversion is defined) and stays NaN in p below.
+  int32_t n = static_cast<int32_t>(fx < 128.f ? fx : 128.f);
   float fn = static_cast<float>(n);
   float r = x - fn * 0.693359375f;
   r = r - fn * (-2.12194440e-4f);
@@ -38,11 +41,11 @@ HNRNN_HOST_DEVICE inline float exp_approx_host(float x) {
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
   p = p * r * r + r + 1.0f;
-  // 2^n by building the exponent bits; n in [-126, 127] after the clamps above.
+  // 2^n by building the exponent bits; n in [-126, 128] after the clamps above (128: inf).
   int32_t bits = (n + 127) << 23;
   float pow2n;
   std::memcpy(&pow2n, &bits, sizeof(float));
-  return in != in ? in : p * pow2n;  // NaN stays NaN (the clamps above would make it finite)
+  return p * pow2n;
 }
 
 HNRNN_HOST_DEVICE inline float exp_(float x) {

@@ -231,10 +231,47 @@ def _check_triton_size(H: int, device: torch.device):
             f"hidden sizes up to {_TRITON_MAX_H} on a GPU, got {H}; use backend='cuda'")
 
 
-def _check_lengths(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+def _check_args(op: str, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                lengths: Optional[Tensor], gates: int) -> Optional[Tensor]:
+    """Checks a recurrence's inputs before any backend runs, so that every backend refuses
+    alike and the message names the input: TypeError for types and dtypes, ValueError for
+    shapes and lengths outside [0, T], RuntimeError for devices. Returns lengths as int64 on
+    the inputs' device."""
+    named = [("gates_x", gates_x), ("h0", h0), ("w_hh", w_hh), ("b_hh", b_hh), ("lengths", lengths)]
+    for name, t in named:
+        if not isinstance(t, Tensor) and not (t is None and name in ("b_hh", "lengths")):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    named = [(n, t) for n, t in named[:4] if t is not None]
+    if not gates_x.dtype.is_floating_point:
+        raise TypeError(f"{op}: gates_x must be a floating point tensor, got {gates_x.dtype}")
+    for name, t in named[1:]:
+        # (under autocast the caller's casts decide; the kernels still check)
+        if t.dtype != gates_x.dtype and not torch._C._is_any_autocast_enabled():
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but gates_x has {gates_x.dtype}")
+        if t.device != gates_x.device:
+            raise RuntimeError(f"{op}: expected all tensors on one device, but {name} is on {t.device} "
+                               f"and gates_x on {gates_x.device}")
+    if gates_x.dim() != 3 or h0.dim() != 2 or h0.shape[0] != gates_x.shape[1]:
+        raise ValueError(f"{op}: gates_x must be (T, B, {gates}*H) and h0 (B, H) with the same B, got "
+                         f"{tuple(gates_x.shape)} and {tuple(h0.shape)}")
+    GH = gates * h0.shape[1]
+    if gates_x.shape[2] != GH or w_hh.shape != (GH, h0.shape[1]) or (b_hh is not None and b_hh.shape != (GH,)):
+        raise ValueError(f"{op}: with H = {h0.shape[1]} (from h0), gates_x must be (T, B, {GH}), w_hh ({GH}, "
+                         f"{h0.shape[1]}) and b_hh ({GH},), got {tuple(gates_x.shape)}, {tuple(w_hh.shape)} and "
+                         f"{None if b_hh is None else tuple(b_hh.shape)}")
     if lengths is None:
         return None
-    return lengths.to(device=device, dtype=torch.int64)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"{op}: lengths must be an integer tensor, got {lengths.dtype}")
+    if lengths.shape != (gates_x.shape[1],):
+        raise ValueError(f"{op}: lengths must be (B,) = ({gates_x.shape[1]},), got {tuple(lengths.shape)}")
+    # One reduction (free for the CPU lengths of a packed sequence); not possible in a compiled graph.
+    if not torch.compiler.is_compiling() and lengths.numel() > 0:
+        lo, hi = (int(v) for v in torch.aminmax(lengths))
+        if lo < 0 or hi > gates_x.shape[0]:
+            raise ValueError(f"{op}: lengths must be in [0, T] = [0, {gates_x.shape[0]}], found "
+                             f"{lo if lo < 0 else hi}")
+    return lengths.to(device=gates_x.device, dtype=torch.int64)
 
 
 def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
@@ -242,8 +279,8 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """GRU recurrence of one layer and direction. gates_x: (T, B, 3H) = x W_ih^T + b_ih;
     h0: (B, H); w_hh: (3H, H). Returns (out (T, B, H), h_n (B, H))."""
+    lengths = _check_args("gru_recurrence", gates_x, h0, w_hh, b_hh, lengths, 3)
     b = _backend_for(backend, gates_x)
-    lengths = _check_lengths(lengths, gates_x.device)
     if b == "reference":
         return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
@@ -261,8 +298,8 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     """Vanilla-RNN recurrence of one layer and direction. gates_x: (T, B, H); w_hh: (H, H)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    lengths = _check_args("rnn_recurrence", gates_x, h0, w_hh, b_hh, lengths, 1)
     b = _backend_for(backend, gates_x)
-    lengths = _check_lengths(lengths, gates_x.device)
     relu = nonlinearity == "relu"
     if b == "reference":
         return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
@@ -286,6 +323,8 @@ def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Opti
     Returns (out (T, B, num_directions * H), h_n)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if input.shape[0] == 0:  # torch.nn's error, word for word
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     dirs = 2 if bidirectional else 1
     layer_input = input
     h_n: List[Tensor] = []
