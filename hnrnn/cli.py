@@ -133,9 +133,15 @@ def format_zoo_table(rows) -> str:
 
 
 def cmd_train(args):
+    from hnrnn import distributed
     from hnrnn.data import from_text_file, human_numbers
 
     device = _device(args.device)
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for it
+        torch.use_deterministic_algorithms(True)
+    if distributed.launched():
+        device = distributed.init_from_env(device)
     data = from_text_file(args.text) if args.text else human_numbers()
     checkpoint = args.checkpoint or os.path.join(args.out, f"{args.model}.pt")
     plot = args.plot or os.path.join(args.out, f"{args.model}.png")
@@ -143,6 +149,8 @@ def cmd_train(args):
         args.model, data, backend=args.backend, device=device, seed=args.seed, epochs=args.epochs,
         max_lr=args.lr, pct_start=args.pct_start, bptt=args.bptt, bs=args.bs,
         checkpoint=checkpoint, resume=args.resume, plot=plot)
+    if distributed.rank_and_world()[0] != 0:
+        return  # rank 0 reports; every rank holds the same history
     print(f"\n{args.model}: final {history.metric_name} {history.epochs[-1].metric:.6f} "
           f"in {seconds:.1f} s; checkpoint {checkpoint}; plot {plot}")
     if args.json:
@@ -225,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default=DEFAULT_RUNS, help="folder for the checkpoint and plot")
     t.add_argument("--checkpoint", help="checkpoint file (default OUT/MODEL.pt), written every epoch")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint if it exists")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint (an error if it is missing or from another run)")
+    t.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms: bitwise-reproducible runs and resumes")
     t.add_argument("--plot", help="PNG of the curves (default OUT/MODEL.png)")
     t.add_argument("--json", help="write the per-epoch table as JSON")
     t.set_defaults(func=cmd_train)
@@ -250,13 +261,20 @@ def main(argv=None):
     from hnrnn.learner import CheckpointError
     from hnrnn.ops import BackendUnavailableError
 
+    from hnrnn import distributed
+
     args = build_parser().parse_args(argv)
+    if distributed.launched() and args.command != "train":
+        print(f"hnrnn {args.command}: error: only `hnrnn train` runs under torchrun", file=sys.stderr)
+        return 2
     try:
         args.func(args)
     except (ValueError, FileNotFoundError, CheckpointError, BackendUnavailableError) as e:
         # Bad user input (a text file, a checkpoint, a backend): one clear line, no traceback.
         print(f"hnrnn {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
     return 0
 
 

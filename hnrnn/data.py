@@ -143,20 +143,30 @@ class LMLoader:
     Iterating gives ``len(self)`` batches ``(x, y)`` of shape (bs, bptt), int64; every epoch
     (every ``iter()``) starts again at the rows' start positions, as the fastai Learner does.
     ``batch(k)`` gives the k-th batch of the endless stream, so ``batch(len(self))`` is what
-    fastai returns when a loader is iterated again without being reset.
+    fastai returns when a loader is iterated again without being reset. With ``world_size``
+    > 1, the loader of ``rank`` gives rows ``rank * bs/world_size`` to ``(rank+1) * bs/world_size - 1``
+    of each of those batches.
     """
 
-    def __init__(self, ids: torch.Tensor, bs: int = 64, bptt: int = 70):
+    def __init__(self, ids: torch.Tensor, bs: int = 64, bptt: int = 70, rank: int = 0, world_size: int = 1):
         ids = torch.as_tensor(ids)
         if ids.dim() != 1 or ids.numel() == 0:
             raise ValueError(f"LMLoader needs a non-empty 1-D token stream, got shape {tuple(ids.shape)}")
         if bs < 1 or bptt < 1:
             raise ValueError(f"bs and bptt must be positive, got bs={bs}, bptt={bptt}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in a world of {world_size} processes")
+        if bs % world_size:
+            raise ValueError(f"bs={bs} does not split evenly over {world_size} processes")
         self.ids, self.bs, self.bptt = ids.long(), bs, bptt
         total = ids.numel()
         # Row i starts at int(step * i) with a float step, exactly as fastai computes it.
         step = total / bs
-        self.starts = torch.tensor([int(step * i) for i in range(bs)], dtype=torch.int64)
+        starts = torch.tensor([int(step * i) for i in range(bs)], dtype=torch.int64)
+        # Data-parallel: this rank's contiguous share of the rows; the ranks together read
+        # exactly the single-process batch, in the same number of batches.
+        share = bs // world_size
+        self.starts = starts[rank * share:(rank + 1) * share]
 
     def __len__(self) -> int:
         return math.ceil(self.ids.numel() / (self.bptt * self.bs))

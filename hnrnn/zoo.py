@@ -11,12 +11,18 @@ notebook's state_dicts load. ``backend`` picks the implementation:
 Model3/4/5 carry their hidden state across batches (detached); ``reset()`` clears it (the
 learner calls it at the start of every epoch and of validation), and a batch of another size
 starts from zeros.
+
+Under data-parallel training (hnrnn.distributed) every BatchNorm becomes a SyncBatchNormFlat
+and Model0..Model3 run the eager per-step path, so the batch statistics are those of the
+whole batch over all ranks.
 """
 from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from hnrnn.distributed import SyncBatchNormFlat
 
 EAGER = "eager"
 
@@ -44,7 +50,9 @@ class _ZooModel(nn.Module):
 
     @property
     def eager(self) -> bool:
-        return self.backend == EAGER
+        # The fused op normalises with this process's batch statistics; under data-parallel
+        # training the synchronised BatchNorm runs once per step on the seed's eager path.
+        return self.backend == EAGER or isinstance(self.bn, SyncBatchNormFlat)
 
     def fused_cell(self, ids, h0, norm_state: bool):
         """All steps of ``h' = ReLU(h_h(h + i_h(x_t)))`` + per-step BatchNorm in one fused op.

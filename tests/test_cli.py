@@ -45,6 +45,20 @@ def test_bad_text_file_is_one_clear_line(tmp_path, capsys, content):
     assert err.startswith("hnrnn train: error:") and "Traceback" not in err
 
 
+def test_resume_without_a_checkpoint_is_one_clear_line(tmp_path, capsys):
+    assert main(["train", "--model", "Model1", "--resume", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hnrnn train: error: cannot resume: checkpoint ")
+    assert "Model1.pt does not exist" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_only_train_runs_under_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["zoo", "--models", "Model0"]) == 2
+    assert "only `hnrnn train` runs under torchrun" in capsys.readouterr().err
+
+
 def test_zoo_table_and_json(tmp_path, capsys):
     out_json = tmp_path / "zoo.json"
     assert main(["zoo", "--backend", "eager", "--seeds", "1", "--models", "Model0", "--device", "cpu",

@@ -1,10 +1,11 @@
 """fit_one_cycle: fastai v1's schedule, smoothed loss, checkpoints and resume."""
 import math
+import os
 
 import pytest
 import torch
 
-from hnrnn.data import human_numbers
+from hnrnn.data import TextData, human_numbers, numbers_text
 from hnrnn.learner import CheckpointError, Learner, SmoothLoss
 from hnrnn.zoo import MODELS, RECIPES
 
@@ -89,18 +90,65 @@ def test_resume_gives_the_same_weights(data, tmp_path):
     assert h.epochs[-1].valid_loss == straight.history.epochs[-1].valid_loss
 
 
-def test_corrupt_checkpoint_is_a_clear_error(data, tmp_path):
-    ck = tmp_path / "bad.pt"
-    ck.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot resume"):
-        _learner(data).fit_one_cycle(1, 1e-3, checkpoint=str(ck), resume=True)
+@pytest.fixture(scope="module")
+def small():
+    return TextData(numbers_text(1, 200), numbers_text(201, 240))
 
 
-def test_checkpoint_of_another_model_is_a_clear_error(data, tmp_path):
-    ck = str(tmp_path / "m5.pt")
-    _learner(data, "Model2", bptt=20).fit_one_cycle(1, 1e-3, checkpoint=ck)
-    with pytest.raises(CheckpointError, match="cannot resume"):
-        _learner(data, "Model5", bptt=20).fit_one_cycle(1, 1e-3, checkpoint=ck, resume=True)
+def _small_learner(data, name="Model2", **model_kw):
+    r = RECIPES[name]
+    model = MODELS[name](vocab_size=len(data.vocab), backend="eager", **model_kw)
+    return Learner(model, data, r["loss"], r["metric"], bs=8, bptt=5, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def model2_checkpoint(small, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck") / "model2.pt"
+    _small_learner(small).fit_one_cycle(1, 1e-3, checkpoint=str(ck))
+    return ck
+
+
+def _corrupt(how):
+    def write(ck, path):
+        path.write_bytes(how(ck.read_bytes()))
+        return path
+    return write
+
+
+# (what the checkpoint file is, the run that resumes from it, what the error must say)
+BAD_CHECKPOINTS = {
+    "missing": (lambda ck, path: path, {}, "checkpoint .*missing.pt does not exist"),
+    "random bytes": (_corrupt(lambda b: os.urandom(len(b))), {}, "not a readable checkpoint"),
+    "truncated": (_corrupt(lambda b: b[: len(b) // 2]), {}, "not a readable checkpoint"),
+    "empty": (_corrupt(lambda b: b""), {}, "not a readable checkpoint"),
+    "a bare tensor": (lambda ck, path: torch.save(torch.zeros(3), path) or path, {},
+                      "not an hnrnn training checkpoint"),
+    "another model": (lambda ck, path: ck, dict(name="Model5"), "it holds a Model2, this run trains a Model5"),
+    "another vocab": (lambda ck, path: ck, dict(data=TextData(numbers_text(1, 30), numbers_text(31, 40))),
+                      r"another vocab \(38 tokens; this data has 20\)"),
+    "another hidden size": (lambda ck, path: ck, dict(hidden_size=32),
+                            r"i_h.weight has shape \(38, 64\) there and \(38, 32\) in this Model2"),
+    "a damaged optimizer state": (lambda ck, path: torch.save({**torch.load(ck, weights_only=True), "optimizer": "junk"},
+                                                               path) or path, {}, "cannot resume from checkpoint .*bad.pt: "),
+    "other settings": (lambda ck, path: ck, dict(epochs=2, max_lr=3e-3),
+                       "run with epochs=1, max_lr=0.001; this run has epochs=2, max_lr=0.003"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoint_is_a_clear_error(small, model2_checkpoint, tmp_path, case):
+    make, run, message = BAD_CHECKPOINTS[case]
+    path = make(model2_checkpoint, tmp_path / ("missing.pt" if case == "missing" else "bad.pt"))
+    before = path.read_bytes() if path.exists() else None
+    learn = _small_learner(run.get("data", small), run.get("name", "Model2"),
+                           **({"hidden_size": run["hidden_size"]} if "hidden_size" in run else {}))
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=message):
+        learn.fit_one_cycle(run.get("epochs", 1), run.get("max_lr", 1e-3), checkpoint=str(path), resume=True)
+    # Nothing changed: neither the file nor the model it was to be loaded into.
+    assert (path.read_bytes() if path.exists() else None) == before
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
 
 
 def test_plot_written(data, tmp_path):

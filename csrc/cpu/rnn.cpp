@@ -172,10 +172,18 @@ void gru_step_bwd_any(int64_t nb, int64_t H, int64_t t, const int64_t* len, cons
   }
 }
 
-// Batch rows are independent through the whole recurrence (forward and backward), so each
-// thread runs the complete time loop on its own slice of rows: no synchronisation per
-// step, and the small per-step GEMMs run single-threaded inside the parallel region.
+// Batch rows are independent through the whole recurrence (forward and backward), so the
+// batch is cut into blocks of kRowsPerTask rows and each block runs the complete time loop on
+// its own: no synchronisation per step, the small per-step GEMMs run single-threaded inside
+// the parallel region, and a block's gate buffer stays in L1 between its GEMM and pointwise pass.
 constexpr int64_t kRowsPerTask = 16;
+
+template <typename F>
+void for_each_row_block(int64_t B, const F& fn) {
+  at::parallel_for(0, (B + kRowsPerTask - 1) / kRowsPerTask, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) fn(i * kRowsPerTask, std::min(B, (i + 1) * kRowsPerTask));
+  });
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
     const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
@@ -191,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
   const auto len = host_lengths(lengths, B, T);
   const at::Tensor w_t = w_hh.t().contiguous();  // (H, 3H): the per-step GEMM streams its rows
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_recurrence_cpu", [&] {
-    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+    for_each_row_block(B, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
       scalar_t* h_s = h.data_ptr<scalar_t>() + b0 * H;
       scalar_t* gh_s = gh.data_ptr<scalar_t>() + b0 * 3 * H;
@@ -222,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
   at::Tensor dprev = empty_output({B, H}, grad_out.options());
   const auto len = host_lengths(lengths, B, T);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "gru_recurrence_backward_cpu", [&] {
-    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+    for_each_row_block(B, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
       scalar_t* dh_s = dh0.data_ptr<scalar_t>() + b0 * H;
       scalar_t* dprev_s = dprev.data_ptr<scalar_t>() + b0 * H;
@@ -343,7 +351,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
   const auto len = host_lengths(lengths, B, T);
   const at::Tensor w_t = w_hh.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnn_recurrence_cpu", [&] {
-    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+    for_each_row_block(B, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
       scalar_t* h_s = h.data_ptr<scalar_t>() + b0 * H;
       scalar_t* gh_s = gh.data_ptr<scalar_t>() + b0 * H;
@@ -372,7 +380,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
   at::Tensor dprev = empty_output({B, H}, grad_out.options());
   const auto len = host_lengths(lengths, B, T);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "rnn_recurrence_backward_cpu", [&] {
-    at::parallel_for(0, B, kRowsPerTask, [&](int64_t b0, int64_t b1) {
+    for_each_row_block(B, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
       scalar_t* dh_s = dh0.data_ptr<scalar_t>() + b0 * H;
       scalar_t* dprev_s = dprev.data_ptr<scalar_t>() + b0 * H;
