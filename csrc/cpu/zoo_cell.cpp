@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 // The row loops must auto-vectorise; the ReLU select only if-converts when GCC may assume FP
@@ -71,13 +72,15 @@ HNRNN_INLINE void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, 
     sgx[k] += v * ((r[k] - mean[k]) * invstd[k]);
   }
 }
-// dz = ReLU'(r) * (ca * g + cc + cd * (r - mean) + gh_direct)
-template <bool kDirect, typename T>
+// dz = ReLU'(r) * (ca * g + cc + cd * (r - mean) + gh_direct). cc and cd are the batch-statistics
+// terms of training: left out in eval, where 0 * (r - mean) would turn a NaN r into a NaN dz.
+template <bool kDirect, bool kTraining, typename T>
 HNRNN_INLINE void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restrict__ gh, const T* __restrict__ r,
                    const T* __restrict__ mean, const T* __restrict__ ca, const T* __restrict__ cc,
                    const T* __restrict__ cd, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
-    T d = ca[k] * g[k] + cc[k] + cd[k] * (r[k] - mean[k]);
+    T d = ca[k] * g[k];
+    if (kTraining) d += cc[k] + cd[k] * (r[k] - mean[k]);
     if (kDirect) d += gh[k];
     dz[k] = r[k] <= T(0) ? T(0) : d;  // as zc::bn_relu_backward
   }
@@ -266,12 +269,16 @@ HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, con
       cd[k] = training ? -ca[k] * is_t[k] * sgx[k] * inv_n : scalar_t(0);
     }
     scalar_t* gz_t = gz + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
-      if (norm_state)
-        row_dz<false>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
-      else
-        row_dz<true>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
-    }
+    // the carried state gradient reaches r directly when the state is not normalised
+    auto dz_rows = [&](auto direct, auto train) {
+      for (int64_t b = 0; b < B; ++b)
+        row_dz<decltype(direct)::value, decltype(train)::value>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H,
+                                                                  m_t, ca, cc, cd, H);
+    };
+    if (norm_state && training) dz_rows(std::false_type{}, std::true_type{});
+    else if (norm_state) dz_rows(std::false_type{}, std::false_type{});
+    else if (training) dz_rows(std::true_type{}, std::true_type{});
+    else dz_rows(std::true_type{}, std::false_type{});
     scalar_t* gx_t = gx + t * B * H;
     hnrnn::cpu::small_gemm(B, H, H, gz_t, H, 1, W, H, gx_t, H, false);  // dx_t = dz_t W
     gh = gx_t;  // h_{t-1} enters x_t with coefficient 1

@@ -41,8 +41,9 @@ _WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
 def _weight_grads(ctx, dgh: Tensor, ws: Tensor, H: int, gates: int):
     """dW_hh = sum_t dG_h[t]^T h_prev[t] and db_hh = sum_t dG_h[t]: one GEMM, one reduction."""
     needs = getattr(ctx, "needs_input_grad", (True,) * 4)
-    dgh2 = dgh.reshape(-1, gates * H)
-    dw = dgh2.t() @ ws[..., (_WS["gru" if gates == 3 else "rnn"] - 1) * H:].reshape(-1, H) if needs[2] else None
+    rows = dgh.shape[0] * dgh.shape[1]  # T*B, spelled out: -1 is ambiguous when H = 0
+    dgh2 = dgh.reshape(rows, gates * H)
+    dw = dgh2.t() @ ws[..., (_WS["gru" if gates == 3 else "rnn"] - 1) * H:].reshape(rows, H) if needs[2] else None
     db = dgh2.sum(0) if ctx.has_bias and needs[3] else None
     return dw, db
 
@@ -208,17 +209,13 @@ _register_triton_if_usable()
 # public entry points
 # ---------------------------------------------------------------------------
 
-_COMPILED_DTYPES = {"cpu": (torch.float32, torch.float64),
-                    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+# The compiled kernels' dtypes (Triton's cover every float dtype).
+_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64),
+                  "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 
 
 def _backend_for(backend: Optional[str], t: Tensor) -> str:
-    b = resolve(backend, t.device)
-    # An automatic choice falls back to the reference for dtypes a kernel does not cover
-    # (e.g. bfloat16 on CPU); an explicit one is taken at its word.
-    if (backend in (None, "auto") and b in _COMPILED_DTYPES and t.dtype not in _COMPILED_DTYPES[b]):
-        return "reference"
-    return b
+    return resolve(backend, t.device, t.dtype, _KERNEL_DTYPES)
 
 
 _TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers

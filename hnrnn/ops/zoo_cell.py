@@ -208,10 +208,15 @@ def _check_ids_range(ids, vocab_size):
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
+# The dtypes each backend's kernels compute in (the automatic choice uses the reference for others).
+_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64),
+                  "triton": (torch.float32,)}
+
+
 def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
     ids, floats = _validate(ids, floats, training, momentum, eps, seq)
     h0, emb = floats[0], floats[1]
-    be = _backend.resolve(backend, h0.device)
+    be = _backend.resolve(backend, h0.device, h0.dtype, _KERNEL_DTYPES)
     if be != "cpu":  # the CPU kernel checks every id itself while gathering
         _check_ids_range(ids, emb.shape[0])
     if ids.shape[0] == 0:  # an empty batch: nothing to compute, statistics kept (as nn.BatchNorm1d)
