@@ -58,7 +58,7 @@ def _rnn_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_p
         tl.store(ws, out_t.to(ws_ptr.dtype.element_ty), mask=m2)
         tl.store(ws + H, h.to(ws_ptr.dtype.element_ty), mask=m2)
         tl.store(out_ptr + row * H + rj[None, :], out_t.to(out_ptr.dtype.element_ty), mask=m2)
-        h = h_new
+        h = tl.where(m2, h_new, 0.0)  # padding stays 0: in the next dot, inf * 0 would be NaN
     tl.store(hn_ptr + rb[:, None] * H + rj[None, :], h.to(hn_ptr.dtype.element_ty), mask=m2)
 
 
@@ -97,7 +97,7 @@ def _rnn_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dg_ptr, dh0_ptr, T,
         if HAS_LEN:
             dprev = tl.where(active, dprev, dh)
         tl.store(dg_ptr + row * H + rj[None, :], g.to(dg_ptr.dtype.element_ty), mask=m2)
-        dh = dprev
+        dh = tl.where(m2, dprev, 0.0)  # padding stays 0 (as in the forward)
     tl.store(dh0_ptr + rb[:, None] * H + rj[None, :], dh.to(dh0_ptr.dtype.element_ty), mask=m2)
 
 

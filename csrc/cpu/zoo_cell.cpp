@@ -72,15 +72,16 @@ HNRNN_INLINE void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, 
     sgx[k] += v * ((r[k] - mean[k]) * invstd[k]);
   }
 }
-// dz = ReLU'(r) * (ca * g + cc + cd * (r - mean) + gh_direct). cc and cd are the batch-statistics
-// terms of training: left out in eval, where 0 * (r - mean) would turn a NaN r into a NaN dz.
+// dz = ReLU'(r) * (ca * (g - cc - cd * (r - mean)) + gh_direct): ca = gamma * invstd; cc and cd
+// are the batch-statistics terms of training, left out in eval (where 0 * (r - mean) would turn
+// a NaN r into a NaN dz). Factored as torch's batch-norm backward, so that an inf gamma gives
+// inf and NaN where nn.BatchNorm1d's gradients have them.
 template <bool kDirect, bool kTraining, typename T>
 HNRNN_INLINE void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restrict__ gh, const T* __restrict__ r,
                    const T* __restrict__ mean, const T* __restrict__ ca, const T* __restrict__ cc,
                    const T* __restrict__ cd, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
-    T d = ca[k] * g[k];
-    if (kTraining) d += cc[k] + cd[k] * (r[k] - mean[k]);
+    T d = kTraining ? ca[k] * (g[k] - cc[k] - cd[k] * (r[k] - mean[k])) : ca[k] * g[k];
     if (kDirect) d += gh[k];
     dz[k] = r[k] <= T(0) ? T(0) : d;  // as zc::bn_relu_backward
   }
@@ -260,13 +261,13 @@ HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, con
         row_bn_grad_sums<false>(gtot + b * H, gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, sg, sgx, H);
     }
     // zc::bn_relu_backward, with its per-feature factors hoisted out of the batch loop:
-    // dr = gamma*invstd*g - gamma*invstd*sg/B - (r - mean)*gamma*invstd^2*sgx/B  (training)
+    // dr = gamma*invstd * (g - sg/B - (r - mean)*invstd*sgx/B)  (training; eval: gamma*invstd*g)
     for (int64_t k = 0; k < H; ++k) {
       ggamma[k] += sgx[k];
       gbeta[k] += sg[k];
       ca[k] = gamma[k] * is_t[k];
-      cc[k] = training ? -ca[k] * sg[k] * inv_n : scalar_t(0);
-      cd[k] = training ? -ca[k] * is_t[k] * sgx[k] * inv_n : scalar_t(0);
+      cc[k] = sg[k] * inv_n;
+      cd[k] = is_t[k] * sgx[k] * inv_n;
     }
     scalar_t* gz_t = gz + t * B * H;
     // the carried state gradient reaches r directly when the state is not normalised
