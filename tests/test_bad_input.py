@@ -287,6 +287,8 @@ def test_recurrence_ops_take_non_contiguous_inputs(op, gates, backend):
 
 TEXT_FILES = {
     "missing": (None, "text file not found: {path}"),
+    "empty": (b"", "{path} needs at least two non-empty lines"),
+    "binary": (b"\x00\x01binary", "{path} looks like a binary file"),
     "a directory": ("dir", "{path} is not a regular file"),
     "not UTF-8": ("caf\xe9\nna\xefve\n".encode("latin-1"), "{path} is not UTF-8 text"),
     "one line": (b"just one line\n", "{path} needs at least two non-empty lines"),
