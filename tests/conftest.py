@@ -6,9 +6,9 @@ import torch
 from hypothesis import HealthCheck, settings
 
 # Hypothesis profiles. "ci" (the default) is derandomized: every run tries the same examples, a
-# bounded number per test. `--hypothesis-profile=deep` searches at random, 25x longer, and keeps
+# bounded number per test. `--hypothesis-profile=deep` searches at random, 10x longer, and keeps
 # failing examples in .hypothesis/ to replay them.
-settings.register_profile("ci", derandomize=True, max_examples=40, deadline=None, database=None,
+settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("deep", settings.get_profile("ci"), derandomize=False, max_examples=1000,
                           database=settings.get_profile("default").database)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from hypothesis import given
 
+from hnrnn.ops._backend import extension
 from fuzz_cases import (DTYPES, fuzz, module_cases, module_trio, recurrence_cases, run_module, run_recurrence,
                         run_zoo_model, zoo_cell_cases, zoo_model_cases, zoo_model_pair)
 from rnn_helpers import assert_matches, assert_within_2x_torch_error
@@ -61,6 +62,15 @@ def check_zoo_model(backend, case):
 
 
 # ------------------------------------------------------------------------- CPU tier
+
+def test_allocations_start_as_nan():
+    # What makes an unwritten output fail here: Python allocations (the nan_empty fixture) and
+    # the compiled kernels' buffers (hnrnn::empty_output) both start as NaN.
+    assert torch.empty(4).isnan().all() and torch.empty_like(torch.ones(2)).isnan().all()
+    assert torch.ones(1).new_empty(3).isnan().all()
+    assert extension().debug_fill_nan()
+
+
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @fuzz()
