@@ -1,6 +1,7 @@
 // hnrnn._C: op schemas of every hnrnn op, and the Python module init.
-// Kernels register themselves per dispatch key in csrc/cpu (CPU) and csrc/cuda (CUDA);
-// fake kernels and autograd are registered in Python (hnrnn/ops).
+// Kernels register themselves per dispatch key in csrc/cpu (CPU) and csrc/cuda (CUDA), the
+// device-generic network op in csrc/rnn_network.cpp; autograd of the forward ops is C++
+// (csrc/autograd.cpp), fake kernels are registered in Python (hnrnn/ops).
 #include <torch/extension.h>
 
 #include "common.h"
@@ -61,6 +62,18 @@ TORCH_LIBRARY(hnrnn, m) {
   // Returns the gradient of the pre-activation gates (T, B, H) (input and recurrent alike) and of h0.
   m.def("rnn_recurrence_backward(Tensor grad_out, Tensor grad_h_n, Tensor ws, Tensor w_hh, bool relu, "
         "bool reverse, Tensor? lengths) -> (Tensor, Tensor)");
+
+  // --- stacked / bidirectional GRU and RNN (csrc/rnn_network.cpp; what hnrnn.nn runs) ---
+  // input (T, B, I) time-major; hx (num_layers * D, B, H); weights: per layer and direction
+  // [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh] as torch.nn orders them; mode 0 gru, 1 rnn_tanh,
+  // 2 rnn_relu. Returns output (T, B, D*H), h_n, and what backward needs. Draws the dropout noise.
+  m.def("rnn_network(Tensor input, Tensor hx, Tensor[] weights, int mode, int num_layers, "
+        "bool bidirectional, float dropout, bool train, Tensor? lengths) -> "
+        "(Tensor output, Tensor h_n, Tensor[] saved)", {at::Tag::nondeterministic_seeded});
+  // Gradients of input (zeros unless input_grad), hx and every weight (in the order of weights).
+  m.def("rnn_network_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor[] weights, "
+        "Tensor[] saved, int mode, int num_layers, bool bidirectional, Tensor? lengths, bool input_grad) -> "
+        "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }
 
 static bool cuda_compiled() {

@@ -127,11 +127,13 @@ def test_packed_sequence_unsorted_lengths(kind, bidir, layers, backend):
     assert torch.equal(out.unsorted_indices, packed.unsorted_indices)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["gru", "rnn"])
-def test_dropout_training_uses_torch_rng_stream(kind):
+def test_dropout_training_uses_torch_rng_stream(kind, backend):
     # ATen's CPU RNN applies at::dropout to each layer's (T, B, D*H) output but the last;
-    # so does hnrnn, so with the same seed the masks, outputs and gradients are identical.
-    ref, ours = make_pair(kind, 4, 6, "cpu", num_layers=3, dropout=0.5, bidirectional=True, batch_first=True)
+    # so does hnrnn (the network op in C++, the other backends in Python), so with the same
+    # seed the masks, outputs and gradients are identical.
+    ref, ours = make_pair(kind, 4, 6, backend, num_layers=3, dropout=0.5, bidirectional=True, batch_first=True)
     x, h0, g_out, g_h = _inputs(4, 6, 3, True, True, 9, 5, True, torch.float64)
     ref.train(), ours.train()
     torch.manual_seed(123)
@@ -264,6 +266,64 @@ def test_opcheck_backward_ops():
     out, h_n, ws = torch.ops.hnrnn.rnn_recurrence(gx, h0, w, b, False, True, None)
     torch.library.opcheck(torch.ops.hnrnn.rnn_recurrence_backward.default,
                           (torch.randn_like(out), torch.randn_like(h_n), ws, w, False, True, None))
+
+
+def _network_args(mode, bias, bidirectional, lengths=None, dropout=0.0, train=False, layers=2):
+    T, B, I, H = 4, 3, 5, 4
+    D = 2 if bidirectional else 1
+    G = 3 if mode == 0 else 1
+    weights = []
+    for layer in range(layers):
+        n_in = I if layer == 0 else D * H
+        for _ in range(D):
+            weights += [torch.randn(G * H, n_in, dtype=torch.float64) / 2, torch.randn(G * H, H, dtype=torch.float64) / 2]
+            if bias:
+                weights += [torch.randn(G * H, dtype=torch.float64), torch.randn(G * H, dtype=torch.float64)]
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = torch.randn(layers * D, B, H, dtype=torch.float64)
+    lens = torch.tensor(lengths) if lengths is not None else None
+    return [x, hx, weights, mode, layers, bidirectional, dropout, train, lens]
+
+
+NETWORK_CASES = [
+    dict(mode=0, bias=True, bidirectional=True),
+    dict(mode=1, bias=False, bidirectional=False, lengths=[4, 1, 3]),
+    dict(mode=2, bias=True, bidirectional=True, lengths=[2, 4, 3], layers=3),
+    dict(mode=0, bias=True, bidirectional=False, layers=1),
+]
+
+
+@pytest.mark.parametrize("case", NETWORK_CASES)
+def test_opcheck_network_ops(case):
+    args = _network_args(**case)
+    for t in [args[0], args[1], *args[2]]:
+        t.requires_grad_(True)
+    torch.library.opcheck(torch.ops.hnrnn.rnn_network.default, args)
+    with torch.no_grad():
+        out, h_n, saved = torch.ops.hnrnn.rnn_network(*args)
+    x, hx, weights, mode, layers, bidirectional, _, _, lens = [a.detach() if isinstance(a, torch.Tensor) else a
+                                                               for a in args]
+    weights = [w.detach() for w in weights]
+    torch.library.opcheck(torch.ops.hnrnn.rnn_network_backward.default,
+                          (torch.randn_like(out), torch.randn_like(h_n), x, weights, saved, mode, layers,
+                           bidirectional, lens, True))
+
+
+@pytest.mark.parametrize("mode", [0, 2])
+def test_network_gradcheck_through_dropout(mode):
+    # The same seed before each call gives the same dropout noise, so gradcheck's finite
+    # differences see one function; checks the noise's backward and every weight gradient.
+    x, hx, weights, *rest = _network_args(mode, True, True, dropout=0.4, train=True)
+    inputs = [t.requires_grad_(True) for t in [x, hx, *weights]]
+
+    def f(x, hx, *weights):
+        torch.manual_seed(7)
+        out, h_n, _ = torch.ops.hnrnn.rnn_network(x, hx, list(weights), *rest)
+        return out, h_n
+    torch.manual_seed(7)
+    noise = torch.ops.hnrnn.rnn_network(x, hx, weights, *rest)[2][-1]  # between layers 0 and 1
+    assert (noise == 0).any() and (noise == 1 / 0.6).any()
+    assert torch.autograd.gradcheck(f, inputs)
 
 
 @pytest.mark.parametrize("kind", ["gru", "rnn"])

@@ -12,8 +12,14 @@ per-step gate gradients; `dW_hh`, `db_hh` (here) and `dW_ih`, `db_ih`, `dx` (aut
 the projection GEMM) are then big GEMMs / reductions over all steps at once. Deterministic.
 
 Backends: `cpu` / `cuda` are the compiled ops above (hnrnn._C, one schema, per-device
-kernels); `triton` are the same ops as `hnrnn::*_triton` (torch.library.triton_op, kernels in
-hnrnn.kernels); `reference` is hnrnn.reference.{gru,rnn}_recurrence under plain autograd.
+kernels, autograd in C++: csrc/autograd.cpp); `triton` are the same ops as `hnrnn::*_triton`
+(torch.library.triton_op, kernels in hnrnn.kernels, autograd registered here);
+`reference` is hnrnn.reference.{gru,rnn}_recurrence under plain autograd.
+
+Whole networks (stacked layers, both directions; what hnrnn.nn runs): on the compiled
+backends one op, `hnrnn::rnn_network` (csrc/rnn_network.cpp), does every layer, its
+projection GEMM and the dropout between layers in C++, with one C++ backward; the other
+backends run the same steps here in Python (:func:`recurrent_network`).
 
 Workspace `ws` (what backward needs, produced by every compiled/Triton backend alike):
   GRU (T, B, 5H) = [r, z, n, W_hn h_prev + b_hn, h_prev];   RNN (T, B, 2H) = [h, h_prev].
@@ -35,7 +41,7 @@ _WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
 
 
 # ---------------------------------------------------------------------------
-# autograd, shared by the compiled and the Triton ops
+# autograd of the Triton ops (the compiled ops have theirs in C++)
 # ---------------------------------------------------------------------------
 
 def _weight_grads(ctx, dgh: Tensor, ws: Tensor, H: int, gates: int):
@@ -75,8 +81,7 @@ def _rnn_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
-    ctx.set_materialize_grads(False)
-    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 5H) workspace
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 2H) workspace
 
 
 def _gru_backward_with(bwd_op):
@@ -108,7 +113,7 @@ def _fake_forward(gates_x: Tensor, h0: Tensor, kind: str):
 
 
 # ---------------------------------------------------------------------------
-# compiled ops (hnrnn._C): fake kernels and autograd
+# compiled ops (hnrnn._C): fake kernels (their autograd is C++)
 # ---------------------------------------------------------------------------
 
 def _register_compiled():
@@ -132,12 +137,20 @@ def _register_compiled():
     def _(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
         return grad_out.new_empty(grad_out.shape), grad_h_n.new_empty(grad_h_n.shape)
 
-    torch.library.register_autograd(
-        "hnrnn::gru_recurrence", _gru_backward_with(torch.ops.hnrnn.gru_recurrence_backward),
-        setup_context=_gru_setup_context)
-    torch.library.register_autograd(
-        "hnrnn::rnn_recurrence", _rnn_backward_with(torch.ops.hnrnn.rnn_recurrence_backward),
-        setup_context=_rnn_setup_context)
+    @torch.library.register_fake("hnrnn::rnn_network")
+    def _(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths):
+        T, B, H = input.shape[0], input.shape[1], hx.shape[2]
+        dirs = 2 if bidirectional else 1
+        width = _WS["gru" if mode == 0 else "rnn"] * H
+        ws = [input.new_empty((T, B, width)) for _ in range(num_layers * dirs)]
+        layer_inputs = [input.new_empty((T, B, dirs * H)) for _ in range(num_layers - 1)]
+        noise = [input.new_empty((T, B, dirs * H) if train and dropout > 0 else (0,)) for _ in range(num_layers - 1)]
+        return input.new_empty((T, B, dirs * H)), hx.new_empty(hx.shape), ws + layer_inputs + noise
+
+    @torch.library.register_fake("hnrnn::rnn_network_backward")
+    def _(grad_output, grad_h_n, input, weights, saved, mode, num_layers, bidirectional, lengths, input_grad):
+        return input.new_empty(input.shape), grad_h_n.new_empty(grad_h_n.shape), [w.new_empty(w.shape) for w in weights]
+
     return True
 
 
@@ -268,7 +281,11 @@ def _check_args(op: str, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Option
         if lo < 0 or hi > gates_x.shape[0]:
             raise ValueError(f"{op}: lengths must be in [0, T] = [0, {gates_x.shape[0]}], found "
                              f"{lo if lo < 0 else hi}")
-    return lengths.to(device=gates_x.device, dtype=torch.int64)
+    return _lengths_on(lengths, gates_x.device)
+
+
+def _lengths_on(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+    return None if lengths is None else lengths.to(device=device, dtype=torch.int64)
 
 
 def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
@@ -315,13 +332,18 @@ def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Opti
                       backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Stacked, optionally bidirectional GRU / RNN, time-major: input (T, B, I);
     hx (num_layers * num_directions, B, H); weights[layer * num_directions + direction] =
-    [w_ih, w_hh, b_ih, b_hh] (biases may be None). Dropout between layers as torch.nn does
-    (F.dropout on each layer's output but the last, so the RNG stream matches ATen's).
-    Returns (out (T, B, num_directions * H), h_n)."""
+    [w_ih, w_hh, b_ih, b_hh] (biases may be None). Dropout between layers as ATen's CPU RNNs
+    draw it (the same noise on every backend and device). Returns (out (T, B, num_directions * H), h_n)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if input.shape[0] == 0:  # torch.nn's error, word for word
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    b = _backend_for(backend, input)
+    if b in ("cpu", "cuda"):  # the whole network in one op (csrc/rnn_network.cpp)
+        flat = [t for w in weights for t in w if t is not None]
+        out, h_n, _ = torch.ops.hnrnn.rnn_network(input, hx, flat, MODES.index(mode), num_layers, bidirectional,
+                                                  float(dropout), bool(training), _lengths_on(lengths, input.device))
+        return out, h_n
     dirs = 2 if bidirectional else 1
     layer_input = input
     h_n: List[Tensor] = []
@@ -332,12 +354,19 @@ def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Opti
             w_ih, w_hh, b_ih, b_hh = weights[k]
             gates_x = F.linear(layer_input, w_ih, b_ih)  # every step at once: one GEMM
             if mode == "gru":
-                out, h = gru_recurrence(gates_x, hx[k], w_hh, b_hh, d == 1, lengths, backend)
+                out, h = gru_recurrence(gates_x, hx[k], w_hh, b_hh, d == 1, lengths, b)
             else:
-                out, h = rnn_recurrence(gates_x, hx[k], w_hh, b_hh, mode[4:], d == 1, lengths, backend)
+                out, h = rnn_recurrence(gates_x, hx[k], w_hh, b_hh, mode[4:], d == 1, lengths, b)
             outs.append(out)
             h_n.append(h)
         layer_input = torch.cat(outs, -1) if dirs == 2 else outs[0]
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, dropout, True)
+            layer_input = _dropout_between_layers(layer_input, dropout)
     return layer_input, torch.stack(h_n, 0)
+
+
+def _dropout_between_layers(x: Tensor, p: float) -> Tensor:
+    """ATen's CPU dropout (Dropout.cpp), which torch.nn's RNNs apply between layers on the CPU:
+    bernoulli noise scaled by 1 / (1 - p). rnn_network draws it the same way on every device."""
+    noise = torch.zeros_like(x) if p >= 1 else torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+    return x * noise

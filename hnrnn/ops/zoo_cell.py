@@ -9,14 +9,14 @@ Entry points: :func:`zoo_cell_sequence` (the time loop inside one op) and :func:
 Both are functional like :mod:`hnrnn.reference`: updated running statistics come back as new
 tensors (in eval the inputs come back unchanged).
 
-Ops (torch.ops.hnrnn.*), each with a fake kernel, autograd wired with register_autograd:
-  zoo_cell_forward / zoo_cell_backward                 hnrnn._C (CPU and CUDA kernels)
+Ops (torch.ops.hnrnn.*), each with a fake kernel:
+  zoo_cell_forward / zoo_cell_backward                 hnrnn._C (CPU and CUDA kernels; autograd in
+                                                       C++, csrc/autograd.cpp)
   zoo_cell_step                                        hnrnn._C, composite of zoo_cell_forward (T = 1)
-  zoo_cell_forward_triton / zoo_cell_backward_triton   triton_op (kernels/zoo_cell.py)
+  zoo_cell_forward_triton / zoo_cell_backward_triton   triton_op (kernels/zoo_cell.py; autograd
+                                                       registered here)
 The forward ops also return what backward needs (pre-linear inputs xs, ReLU outputs rs, per-step
-batch mean and invstd); the entry points drop those. Eager calls of the entry points go through
-`_EagerSequence`, an autograd.Function over the same two ops (less Python per call than the
-generated wrapper); traced calls (torch.compile) and direct op calls use the registered autograd.
+batch mean and invstd); the entry points drop those.
 
 Input handling: non-contiguous inputs are made contiguous (a copy; gradients still flow), int32
 ids are widened to int64, an empty batch returns empty outputs and keeps the running statistics
@@ -72,63 +72,22 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(new_rm, new_rv, xs, rs, mean, invstd)
 
 
-def _make_backward(backward_op):
-    def backward(ctx, grad_out, grad_h_T, *_unused):
-        ids, weight, bn_weight, xs, rs, mean, invstd = ctx.saved_tensors
-        T, B, H = xs.shape
-        grad_out = xs.new_zeros(B, T, H) if grad_out is None else grad_out.contiguous()
-        grad_h_T = xs.new_zeros(B, H) if grad_h_T is None else grad_h_T.contiguous()
-        gh0, gemb, gw, gb, ggamma, gbeta = backward_op(
-            grad_out, grad_h_T, ids, ctx.vocab_size, weight, bn_weight, xs, rs, mean, invstd,
-            ctx.norm_state, ctx.training)
-        return None, gh0, gemb, gw, gb, ggamma, gbeta, None, None, None, None, None, None
-    return backward
-
-
-def _register(forward_name, backward_name, with_fakes):
-    if with_fakes:
-        torch.library.register_fake(forward_name)(_forward_fake)
-        torch.library.register_fake(backward_name)(_backward_fake)
-    backward_op = getattr(torch.ops.hnrnn, backward_name.split("::")[1]).default
-    torch.library.register_autograd(forward_name, _make_backward(backward_op), setup_context=_setup_context)
+def _triton_backward(ctx, grad_out, grad_h_T, *_unused):
+    ids, weight, bn_weight, xs, rs, mean, invstd = ctx.saved_tensors
+    T, B, H = xs.shape
+    grad_out = xs.new_zeros(B, T, H) if grad_out is None else grad_out.contiguous()
+    grad_h_T = xs.new_zeros(B, H) if grad_h_T is None else grad_h_T.contiguous()
+    gh0, gemb, gw, gb, ggamma, gbeta = torch.ops.hnrnn.zoo_cell_backward_triton(
+        grad_out, grad_h_T, ids, ctx.vocab_size, weight, bn_weight, xs, rs, mean, invstd,
+        ctx.norm_state, ctx.training)
+    return None, gh0, gemb, gw, gb, ggamma, gbeta, None, None, None, None, None, None
 
 
 if _backend.extension() is not None:  # loading hnrnn._C defines the compiled ops
-    _register("hnrnn::zoo_cell_forward", "hnrnn::zoo_cell_backward", with_fakes=True)
+    torch.library.register_fake("hnrnn::zoo_cell_forward")(_forward_fake)
+    torch.library.register_fake("hnrnn::zoo_cell_backward")(_backward_fake)
 
 _triton_registered = False
-
-
-class _EagerSequence(torch.autograd.Function):
-    """The same forward/backward ops as the registered autograd, with less Python around them.
-
-    torch.library's generated autograd wrapper costs tens of microseconds per call in Python,
-    as much as the whole CPU kernel at the lesson's sizes. Eager calls from the entry points go
-    through this Function instead (ops dispatched below autograd, same saved tensors, same
-    backward op); torch.compile and direct op calls use the registered autograd. Both paths are
-    tested (gradcheck of each)."""
-
-    @staticmethod
-    def forward(ctx, fwd_op, bwd_op, ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv,
-                norm_state, training, momentum, eps):
-        with torch._C._AutoDispatchBelowAutograd():
-            out, h_T, new_rm, new_rv, xs, rs, mean, invstd = fwd_op(
-                ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, norm_state, training, momentum, eps)
-        ctx.save_for_backward(ids, weight, bn_weight, xs, rs, mean, invstd)
-        ctx.bwd_op = bwd_op
-        ctx.vocab_size = emb.shape[0]
-        ctx.norm_state = norm_state
-        ctx.training = training
-        ctx.mark_non_differentiable(new_rm, new_rv)
-        return out, h_T, new_rm, new_rv
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_h_T, _grad_rm, _grad_rv):
-        ids, weight, bn_weight, xs, rs, mean, invstd = ctx.saved_tensors
-        with torch._C._AutoDispatchBelowAutograd():
-            grads = ctx.bwd_op(grad_out.contiguous(), grad_h_T.contiguous(), ids, ctx.vocab_size, weight,
-                               bn_weight, xs, rs, mean, invstd, ctx.norm_state, ctx.training)
-        return (None, None, None) + tuple(grads) + (None,) * 6
 
 
 def _triton_forward_op():
@@ -137,7 +96,8 @@ def _triton_forward_op():
     if not _triton_registered:
         from hnrnn.kernels import zoo_cell as _kernels  # noqa: F401  (defines the triton_ops)
         # triton_op traces its body for fake tensors; only autograd needs wiring.
-        _register("hnrnn::zoo_cell_forward_triton", "hnrnn::zoo_cell_backward_triton", with_fakes=False)
+        torch.library.register_autograd("hnrnn::zoo_cell_forward_triton", _triton_backward,
+                                        setup_context=_setup_context)
         _triton_registered = True
     return torch.ops.hnrnn.zoo_cell_forward_triton
 
@@ -226,20 +186,8 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
         return fn(ids, *floats, norm_state, training, momentum, eps)
     if not seq:
         ids = ids.unsqueeze(1)
-    if be == "triton":
-        op = _triton_forward_op()
-        bwd_op = torch.ops.hnrnn.zoo_cell_backward_triton.default
-    else:
-        op = torch.ops.hnrnn.zoo_cell_forward.default
-        bwd_op = torch.ops.hnrnn.zoo_cell_backward.default
-    args = (ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps))
-    if torch.compiler.is_compiling():  # traced: the op with its registered autograd and fake kernel
-        out, h_T, rm, rv = op(*args)[:4]
-    elif torch.is_grad_enabled() and any(t.requires_grad for t in floats[:6]):
-        out, h_T, rm, rv = _EagerSequence.apply(op, bwd_op, *args)
-    else:  # nothing to differentiate: skip the autograd layer's Python
-        with torch._C._AutoDispatchBelowAutograd():
-            out, h_T, rm, rv = op(*args)[:4]
+    op = _triton_forward_op() if be == "triton" else torch.ops.hnrnn.zoo_cell_forward.default
+    out, h_T, rm, rv = op(ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps))[:4]
     if not training:  # eval leaves the running statistics as they were: the same tensors come back
         rm, rv = floats[6], floats[7]
     return (out if seq else out.squeeze(1)), h_T, rm, rv

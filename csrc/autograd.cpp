@@ -1,0 +1,198 @@
+// Autograd of the compiled forward ops, in C++: a torch::autograd::Function per op, registered
+// at the Autograd dispatch key. At the lesson's sizes a Python autograd wrapper
+// (torch.library.register_autograd) costs as much host time as the kernels themselves, on the
+// CPU and as launch latency on the GPU. Each Function runs its op below autograd (the CPU / CUDA
+// kernel, or the fake kernel under torch.compile) and saves what its backward op needs; the
+// backward ops have schemas and fake kernels too, so torch.compile traces forward and backward.
+// The Triton ops keep their Python autograd (hnrnn/ops).
+#include <torch/extension.h>
+
+#include "rnn_dispatch.h"
+
+namespace hnrnn {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// A gradient the engine did not materialise (that output was unused): zeros shaped like `like`.
+Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
+  return grad.defined() ? grad.contiguous() : at::zeros_like(like, at::MemoryFormat::Contiguous);
+}
+
+// ------------------------------------------------------------------ zoo cell
+using ZooForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+    const Tensor&, const Tensor&, bool, bool, double, double);
+using ZooBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const Tensor&, c10::SymInt, const Tensor&, const Tensor&, const Tensor&,
+    const Tensor&, const Tensor&, const Tensor&, bool, bool);
+
+struct ZooCellFunction : public torch::autograd::Function<ZooCellFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& ids, const Tensor& h0, const Tensor& emb,
+                               const Tensor& weight, const Tensor& bias, const Tensor& bn_weight,
+                               const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
+                               bool norm_state, bool training, double momentum, double eps) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("hnrnn::zoo_cell_forward", "").typed<ZooForward>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, h_T, new_rm, new_rv, xs, rs, mean, invstd] =
+        op.call(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var, norm_state, training,
+                momentum, eps);
+    ctx->save_for_backward({ids, weight, bn_weight, xs, rs, mean, invstd, h_T});
+    ctx->saved_data["vocab_size"] = emb.sym_size(0);
+    ctx->saved_data["norm_state"] = norm_state;
+    ctx->saved_data["training"] = training;
+    ctx->mark_non_differentiable({new_rm, new_rv, xs, rs, mean, invstd});
+    ctx->set_materialize_grads(false);  // no zeros for the outputs backward ignores
+    return {out, h_T, new_rm, new_rv, xs, rs, mean, invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("hnrnn::zoo_cell_backward", "").typed<ZooBackward>();
+    const auto s = ctx->get_saved_variables();
+    const Tensor &ids = s[0], &weight = s[1], &bn_weight = s[2], &xs = s[3], &h_T = s[7];
+    // grad of out is (B, T, H); xs is (T, B, H)
+    const Tensor grad_out = grads[0].defined() ? grads[0].contiguous()
+                                               : at::zeros_symint({xs.sym_size(1), xs.sym_size(0), xs.sym_size(2)},
+                                                                  xs.options());
+    auto [g_h0, g_emb, g_w, g_b, g_gamma, g_beta] =
+        op.call(grad_out, grad_or_zeros(grads[1], h_T), ids, ctx->saved_data["vocab_size"].toSymInt(), weight,
+                bn_weight, xs, s[4], s[5], s[6], ctx->saved_data["norm_state"].toBool(),
+                ctx->saved_data["training"].toBool());
+    return {Tensor(), g_h0, g_emb, g_w, g_b, g_gamma, g_beta, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_forward_autograd(
+    const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
+    const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
+    bool norm_state, bool training, double momentum, double eps) {
+  auto r = ZooCellFunction::apply(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                  norm_state, training, momentum, eps);
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
+}
+
+// ------------------------------------------------------------------ one recurrence (GRU / RNN)
+struct RecurrenceFunction : public torch::autograd::Function<RecurrenceFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& gates_x, const Tensor& h0, const Tensor& w_hh,
+                               const c10::optional<Tensor>& b_hh, int64_t mode, bool reverse,
+                               const c10::optional<Tensor>& lengths) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, h_n, ws] = call_recurrence(mode, gates_x, h0, w_hh, b_hh, reverse, lengths);
+    ctx->save_for_backward({ws, w_hh, h_n, lengths.value_or(Tensor())});
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["has_bias"] = b_hh.has_value();
+    ctx->mark_non_differentiable({ws});
+    ctx->set_materialize_grads(false);  // no zero-filled gradient for the workspace
+    return {out, h_n, ws};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const Tensor &ws = s[0], &w_hh = s[1], &h_n = s[2];
+    const c10::optional<Tensor> lengths = s[3].defined() ? c10::optional<Tensor>(s[3]) : c10::nullopt;
+    const int64_t mode = ctx->saved_data["mode"].toInt();
+    const Tensor grad_out = grads[0].defined() ? grads[0].contiguous()
+                                               : at::zeros_symint({ws.sym_size(0), ws.sym_size(1), h_n.sym_size(1)},
+                                                                  ws.options());
+    auto [dgx, dgh, dh0] = call_recurrence_backward(mode, grad_out, grad_or_zeros(grads[1], h_n), ws, w_hh,
+                                                    ctx->saved_data["reverse"].toBool(), lengths);
+    auto [dw, db] = recurrent_weight_grads(mode, dgh, ws);
+    return {dgx, dh0, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> gru_recurrence_autograd(const Tensor& gates_x, const Tensor& h0,
+                                                           const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
+                                                           bool reverse, const c10::optional<Tensor>& lengths) {
+  auto r = RecurrenceFunction::apply(gates_x, h0, w_hh, b_hh, static_cast<int64_t>(kGru), reverse, lengths);
+  return {r[0], r[1], r[2]};
+}
+
+std::tuple<Tensor, Tensor, Tensor> rnn_recurrence_autograd(const Tensor& gates_x, const Tensor& h0,
+                                                           const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
+                                                           bool relu, bool reverse,
+                                                           const c10::optional<Tensor>& lengths) {
+  const int64_t mode = relu ? kRnnRelu : kRnnTanh;
+  auto r = RecurrenceFunction::apply(gates_x, h0, w_hh, b_hh, mode, reverse, lengths);
+  return {r[0], r[1], r[2]};
+}
+
+// ------------------------------------------------------------------ stacked network
+using NetworkForward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
+    const Tensor&, const Tensor&, at::TensorList, int64_t, int64_t, bool, double, bool, const c10::optional<Tensor>&);
+using NetworkBackward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
+    const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList, int64_t, int64_t, bool,
+    const c10::optional<Tensor>&, bool);
+
+struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx, at::TensorList weights,
+                               int64_t mode, int64_t num_layers, bool bidirectional, double dropout, bool train,
+                               const c10::optional<Tensor>& lengths) {
+    static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("hnrnn::rnn_network", "").typed<NetworkForward>();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [output, h_n, saved] =
+        op.call(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths);
+    variable_list to_save{input, h_n, lengths.value_or(Tensor())};
+    to_save.insert(to_save.end(), weights.begin(), weights.end());
+    to_save.insert(to_save.end(), saved.begin(), saved.end());
+    ctx->save_for_backward(to_save);
+    ctx->saved_data["n_weights"] = static_cast<int64_t>(weights.size());
+    ctx->saved_data["mode"] = mode;
+    ctx->saved_data["num_layers"] = num_layers;
+    ctx->saved_data["bidirectional"] = bidirectional;
+    ctx->mark_non_differentiable(saved);
+    ctx->set_materialize_grads(false);
+    variable_list outputs{output, h_n};
+    outputs.insert(outputs.end(), saved.begin(), saved.end());
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("hnrnn::rnn_network_backward", "").typed<NetworkBackward>();
+    const auto s = ctx->get_saved_variables();
+    const Tensor &input = s[0], &h_n = s[1];
+    const c10::optional<Tensor> lengths = s[2].defined() ? c10::optional<Tensor>(s[2]) : c10::nullopt;
+    const int64_t n_weights = ctx->saved_data["n_weights"].toInt();
+    const std::vector<Tensor> weights(s.begin() + 3, s.begin() + 3 + n_weights);
+    const std::vector<Tensor> saved(s.begin() + 3 + n_weights, s.end());
+    const int64_t num_layers = ctx->saved_data["num_layers"].toInt();
+    // grad of output is (T, B, D*H), D = h_n.size(0) / num_layers
+    const Tensor grad_output =
+        grads[0].defined() ? grads[0].contiguous()
+                           : at::zeros_symint({input.sym_size(0), input.sym_size(1),
+                                               h_n.sym_size(0) / num_layers * h_n.sym_size(2)},
+                                              input.options());
+    auto [d_input, d_hx, d_weights] =
+        op.call(grad_output, grad_or_zeros(grads[1], h_n), input, weights, saved, ctx->saved_data["mode"].toInt(),
+                num_layers, ctx->saved_data["bidirectional"].toBool(), lengths,
+                ctx->needs_input_grad(0));
+    // one gradient per forward argument: input, hx, each weight, then the 6 non-differentiable ones
+    variable_list result{d_input, d_hx};
+    result.insert(result.end(), d_weights.begin(), d_weights.end());
+    result.resize(result.size() + 6);
+    return result;
+  }
+};
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_autograd(const Tensor& input, const Tensor& hx,
+                                                                     at::TensorList weights, int64_t mode,
+                                                                     int64_t num_layers, bool bidirectional,
+                                                                     double dropout, bool train,
+                                                                     const c10::optional<Tensor>& lengths) {
+  auto r = NetworkFunction::apply(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths);
+  return {r[0], r[1], std::vector<Tensor>(r.begin() + 2, r.end())};
+}
+
+}  // namespace
+}  // namespace hnrnn
+
+TORCH_LIBRARY_IMPL(hnrnn, Autograd, m) {
+  m.impl("zoo_cell_forward", &hnrnn::zoo_cell_forward_autograd);
+  m.impl("gru_recurrence", &hnrnn::gru_recurrence_autograd);
+  m.impl("rnn_recurrence", &hnrnn::rnn_recurrence_autograd);
+  m.impl("rnn_network", &hnrnn::rnn_network_autograd);
+}

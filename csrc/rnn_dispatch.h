@@ -1,0 +1,70 @@
+#pragma once
+// The GRU / RNN recurrence ops called from C++ through the dispatcher (so the CPU or CUDA
+// kernel runs, or a fake kernel under torch.compile), and the weight gradients of one
+// recurrence. Shared by the network op (rnn_network.cpp) and the autograd (autograd.cpp).
+#include <torch/extension.h>
+
+#include <tuple>
+
+namespace hnrnn {
+
+enum RnnMode : int64_t { kGru = 0, kRnnTanh = 1, kRnnRelu = 2 };
+
+inline int64_t gates_of(int64_t mode) { return mode == kGru ? 3 : 1; }
+// Width of the workspace in units of H; it ends with h_prev (see hnrnn/ops/rnn.py).
+inline int64_t ws_width_of(int64_t mode) { return mode == kGru ? 5 : 2; }
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> call_recurrence(
+    int64_t mode, const at::Tensor& gates_x, const at::Tensor& h0, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  using at::Tensor;
+  if (mode == kGru) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("hnrnn::gru_recurrence", "")
+                         .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                   const c10::optional<Tensor>&, bool,
+                                                                   const c10::optional<Tensor>&)>();
+    return op.call(gates_x, h0, w_hh, b_hh, reverse, lengths);
+  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hnrnn::rnn_recurrence", "")
+                       .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                 const c10::optional<Tensor>&, bool, bool,
+                                                                 const c10::optional<Tensor>&)>();
+  return op.call(gates_x, h0, w_hh, b_hh, mode == kRnnRelu, reverse, lengths);
+}
+
+// (gradient of the input gates, of the recurrent gates, of h0); for the RNN the two gate
+// gradients are the same tensor.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> call_recurrence_backward(
+    int64_t mode, const at::Tensor& grad_out, const at::Tensor& grad_h_n, const at::Tensor& ws,
+    const at::Tensor& w_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  using at::Tensor;
+  if (mode == kGru) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("hnrnn::gru_recurrence_backward", "")
+                         .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                                   const Tensor&, bool,
+                                                                   const c10::optional<Tensor>&)>();
+    return op.call(grad_out, grad_h_n, ws, w_hh, reverse, lengths);
+  }
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("hnrnn::rnn_recurrence_backward", "")
+                       .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                         const Tensor&, bool, bool,
+                                                         const c10::optional<Tensor>&)>();
+  auto r = op.call(grad_out, grad_h_n, ws, w_hh, mode == kRnnRelu, reverse, lengths);
+  return {std::get<0>(r), std::get<0>(r), std::get<1>(r)};
+}
+
+// dW_hh = sum_t dG_h[t]^T h_prev[t] (one GEMM over all steps) and db_hh = sum_t dG_h[t].
+inline std::tuple<at::Tensor, at::Tensor> recurrent_weight_grads(int64_t mode, const at::Tensor& dgh,
+                                                                 const at::Tensor& ws) {
+  const auto rows = ws.sym_size(0) * ws.sym_size(1);
+  const auto H = ws.sym_size(2) / ws_width_of(mode);
+  const at::Tensor dgh2 = dgh.reshape_symint({rows, gates_of(mode) * H});
+  const at::Tensor h_prev = ws.narrow_symint(2, (ws_width_of(mode) - 1) * H, H).reshape_symint({rows, H});
+  return {dgh2.t().mm(h_prev), dgh2.sum(0)};
+}
+
+}  // namespace hnrnn

@@ -1,0 +1,162 @@
+// Stacked, optionally bidirectional GRU / vanilla RNN as one op: what hnrnn.nn.GRU / RNN run on
+// the compiled backends (cpu, cuda). Device-generic: it composes ATen GEMMs with the per-device
+// recurrence ops (hnrnn::gru_recurrence / rnn_recurrence, csrc/cpu and csrc/cuda) through the
+// dispatcher, so it is registered for CPU and CUDA alike.
+//
+// Forward, per layer and direction: the input projection of all steps as one GEMM, then the
+// fused recurrence. Between layers (training, dropout > 0) ATen's CPU dropout: a bernoulli noise
+// tensor scaled by 1 / (1 - p), so the RNG stream is the one torch.nn.GRU / RNN draw on the CPU.
+// Backward walks the layers in reverse: the recurrence backward op (only dh stays sequential),
+// then dW_hh, dW_ih, the biases and dx as GEMMs / reductions over all steps at once.
+//
+// One op per module call replaces a Python loop over layers whose glue (projection, autograd
+// wrappers, stacking) cost more than the kernels at the lesson's sizes; its autograd is C++ too
+// (csrc/autograd.cpp).
+//
+// `saved` (what backward needs, an op output so that fake tensors and torch.compile see it):
+//   [ws of each layer and direction (L*D), input of layers 1..L-1 after dropout (L-1),
+//    dropout noise of layers 1..L-1 (L-1; empty tensors where no dropout ran)].
+#include <torch/extension.h>
+
+#include "rnn_dispatch.h"
+
+namespace hnrnn {
+namespace {
+
+using at::Tensor;
+
+struct LayerWeights {
+  Tensor w_ih, w_hh;
+  c10::optional<Tensor> b_ih, b_hh;
+};
+
+// weights: per layer and direction k, [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh] (torch.nn's order).
+bool has_bias(at::TensorList weights, int64_t layers_dirs) {
+  TORCH_CHECK(weights.size() == static_cast<size_t>(2 * layers_dirs) ||
+                  weights.size() == static_cast<size_t>(4 * layers_dirs),
+              "rnn_network: expected 2 or 4 weight tensors per layer and direction (", layers_dirs,
+              " of them), got ", weights.size());
+  return weights.size() == static_cast<size_t>(4 * layers_dirs);
+}
+
+LayerWeights layer_weights(at::TensorList weights, int64_t k, bool bias) {
+  const int64_t n = bias ? 4 : 2;
+  LayerWeights w{weights[k * n], weights[k * n + 1], c10::nullopt, c10::nullopt};
+  if (bias) {
+    w.b_ih = weights[k * n + 2];
+    w.b_hh = weights[k * n + 3];
+  }
+  return w;
+}
+
+void check_network(const Tensor& input, const Tensor& hx, at::TensorList weights, int64_t mode,
+                   int64_t num_layers, bool bidirectional) {
+  TORCH_CHECK(mode == kGru || mode == kRnnTanh || mode == kRnnRelu,
+              "rnn_network: mode must be 0 (gru), 1 (rnn_tanh) or 2 (rnn_relu), got ", mode);
+  TORCH_CHECK(num_layers >= 1, "rnn_network: num_layers must be >= 1, got ", num_layers);
+  TORCH_CHECK(input.dim() == 3, "rnn_network: input must be (T, B, input_size), got ", input.sizes());
+  const int64_t D = bidirectional ? 2 : 1;
+  TORCH_CHECK(hx.dim() == 3 && hx.size(0) == num_layers * D && hx.size(1) == input.size(1),
+              "rnn_network: hx must be (", num_layers * D, ", ", input.size(1), ", H), got ", hx.sizes());
+  has_bias(weights, num_layers * D);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input, const Tensor& hx,
+                                                            at::TensorList weights, int64_t mode,
+                                                            int64_t num_layers, bool bidirectional,
+                                                            double dropout, bool train,
+                                                            const c10::optional<Tensor>& lengths) {
+  check_network(input, hx, weights, mode, num_layers, bidirectional);
+  const int64_t D = bidirectional ? 2 : 1;
+  const bool bias = has_bias(weights, num_layers * D);
+  std::vector<Tensor> ws(num_layers * D), h_n(num_layers * D), layer_inputs, noises;
+  Tensor x = input;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    std::vector<Tensor> outs(D);
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = l * D + d;
+      const LayerWeights w = layer_weights(weights, k, bias);
+      const Tensor gates_x = at::linear(x, w.w_ih, w.b_ih);  // every step at once: one GEMM
+      std::tie(outs[d], h_n[k], ws[k]) = call_recurrence(mode, gates_x, hx[k], w.w_hh, w.b_hh, d == 1, lengths);
+    }
+    x = D == 2 ? at::cat(outs, 2) : outs[0];
+    if (l + 1 < num_layers) {
+      Tensor noise = at::empty({0}, x.options());
+      if (train && dropout > 0) {
+        // ATen's CPU dropout (Dropout.cpp, _dropout_impl): the same draws as torch.nn's RNNs.
+        noise = dropout >= 1 ? at::zeros_like(x) : at::empty_like(x).bernoulli_(1 - dropout).div_(1 - dropout);
+        x = x * noise;
+      }
+      layer_inputs.push_back(x);
+      noises.push_back(noise);
+    }
+  }
+  std::vector<Tensor> saved = std::move(ws);
+  saved.insert(saved.end(), layer_inputs.begin(), layer_inputs.end());
+  saved.insert(saved.end(), noises.begin(), noises.end());
+  return {x, at::stack(h_n, 0), saved};
+}
+
+std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, at::TensorList weights,
+    at::TensorList saved, int64_t mode, int64_t num_layers, bool bidirectional,
+    const c10::optional<Tensor>& lengths, bool input_grad) {
+  const int64_t D = bidirectional ? 2 : 1, LD = num_layers * D;
+  const bool bias = has_bias(weights, LD);
+  TORCH_CHECK(saved.size() == static_cast<size_t>(LD + 2 * (num_layers - 1)),
+              "rnn_network_backward: expected ", LD + 2 * (num_layers - 1), " saved tensors, got ", saved.size());
+  const int64_t T = input.size(0), B = input.size(1), H = grad_h_n.size(2), G = gates_of(mode);
+  const int64_t n = bias ? 4 : 2;  // weights per layer and direction
+  std::vector<Tensor> grad_weights(weights.size());
+  std::vector<Tensor> grad_hx(LD);
+  Tensor grad_input;
+  Tensor dy = grad_output;  // gradient of the current layer's output (T, B, D*H)
+  for (int64_t l = num_layers - 1; l >= 0; --l) {
+    const Tensor x = l == 0 ? input : saved[LD + l - 1];
+    const int64_t I = x.size(2);
+    const Tensor x2 = x.reshape({T * B, I});
+    const bool need_dx = l > 0 || input_grad;  // dx of layer 0 only when the input wants it
+    Tensor dx;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t k = l * D + d;
+      const LayerWeights w = layer_weights(weights, k, bias);
+      const Tensor go = D == 2 ? dy.narrow(2, d * H, H).contiguous() : dy.contiguous();
+      auto [dgx, dgh, dh0] = call_recurrence_backward(mode, go, grad_h_n[k].contiguous(), saved[k], w.w_hh,
+                                                      d == 1, lengths);
+      const Tensor dgx2 = dgx.view({T * B, G * H});
+      auto [dw_hh, db_hh] = recurrent_weight_grads(mode, dgh, saved[k]);
+      grad_weights[k * n] = dgx2.t().mm(x2);
+      grad_weights[k * n + 1] = dw_hh;
+      if (bias) {
+        grad_weights[k * n + 2] = dgx2.sum(0);
+        grad_weights[k * n + 3] = db_hh;
+      }
+      grad_hx[k] = dh0;
+      if (need_dx) dx = d == 0 ? dgx2.mm(w.w_ih) : dx.addmm_(dgx2, w.w_ih);
+    }
+    if (l == 0) {
+      grad_input = need_dx ? dx.view({T, B, I}) : at::zeros_like(input);  // zeros keep the schema
+    } else {
+      dx = dx.view({T, B, I});
+      const Tensor& noise = saved[LD + (num_layers - 1) + l - 1];
+      dy = noise.numel() > 0 ? dx * noise : dx;
+    }
+  }
+  return {grad_input, at::stack(grad_hx, 0), grad_weights};
+}
+
+}  // namespace hnrnn
+
+TORCH_LIBRARY_IMPL(hnrnn, CPU, m) {
+  m.impl("rnn_network", &hnrnn::rnn_network);
+  m.impl("rnn_network_backward", &hnrnn::rnn_network_backward);
+}
+
+#ifdef HNRNN_WITH_CUDA
+TORCH_LIBRARY_IMPL(hnrnn, CUDA, m) {
+  m.impl("rnn_network", &hnrnn::rnn_network);
+  m.impl("rnn_network_backward", &hnrnn::rnn_network_backward);
+}
+#endif
