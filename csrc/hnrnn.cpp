@@ -4,6 +4,8 @@
 // (csrc/autograd.cpp), fake kernels are registered in Python (hnrnn/ops).
 #include <torch/extension.h>
 
+#include "common.h"
+
 // The single zoo step is the sequence op with one time step.
 static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> zoo_cell_step(
     const at::Tensor& ids, const at::Tensor& h, const at::Tensor& emb, const at::Tensor& weight,
@@ -85,4 +87,6 @@ static bool cuda_compiled() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "hnrnn compiled ops (registered under torch.ops.hnrnn)";
   m.def("cuda_compiled", &cuda_compiled, "True when the CUDA kernels were compiled into this build");
+  m.def("debug_fill_nan", &hnrnn::debug_fill_nan,
+        "True when HNRNN_DEBUG_FILL_NAN=1 was set at the first kernel allocation: buffers start as NaN");
 }

@@ -29,13 +29,16 @@ def batch_norm_step(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     """nn.BatchNorm1d on a (B, H) tensor, functional: returns (y, new_running_mean, new_running_var).
 
     Training: normalise with the biased batch variance; the running variance is updated
-    with the unbiased one, exactly as PyTorch. Eval: use the running statistics.
+    with the unbiased one, exactly as PyTorch. Eval: use the running statistics. An empty
+    batch leaves the running statistics as they are, as nn.BatchNorm1d does.
+    y is computed as x * scale + shift, the form of torch's CPU kernel, so that inf or NaN
+    parameters give NaN where nn.BatchNorm1d's output has NaN.
     """
-    if training:
-        n = x.shape[0]
-        if n < 2:
-            raise ValueError(
-                f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    n = x.shape[0]
+    if training and n == 1:
+        raise ValueError(
+            f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    if training and n > 1:
         mean = x.mean(0)
         var = x.var(0, unbiased=False)
         new_mean = (1 - momentum) * running_mean + momentum * mean.detach()
@@ -43,8 +46,8 @@ def batch_norm_step(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
     else:
         mean, var = running_mean, running_var
         new_mean, new_var = running_mean, running_var
-    y = (x - mean) * torch.rsqrt(var + eps) * weight + bias
-    return y, new_mean, new_var
+    scale = torch.rsqrt(var + eps) * weight
+    return x * scale + (bias - mean * scale), new_mean, new_var
 
 
 def zoo_cell_step(ids: Tensor, h: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
@@ -155,6 +158,8 @@ def recurrent_network(x: Tensor, h0: Tensor, weights: List[List[Optional[Tensor]
 def _masked_scan(gates_x: Tensor, h0: Tensor, step, reverse: bool,
                  lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     T = gates_x.shape[0]
+    if T == 0:  # no steps: an empty output, the state unchanged
+        return h0.new_zeros((0,) + tuple(h0.shape)), h0
     steps = range(T - 1, -1, -1) if reverse else range(T)
     h = h0
     outs: List[Tensor] = [None] * T  # type: ignore[list-item]

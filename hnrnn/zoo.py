@@ -108,7 +108,7 @@ class Model1(_ZooModel):
             for i in range(x.shape[1]):
                 h = h + self.i_h(x[:, i])
                 h = self.bn(F.relu(self.h_h(h)))
-        else:
+        elif x.shape[1] > 0:  # no steps: the zero state, as the loop above
             _, h = self.fused_cell(x, h, norm_state=True)
         return self.h_o(h)
 

@@ -86,7 +86,7 @@ def _gru_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_p
         tl.store(ws + 3 * H, h_n.to(ws_ptr.dtype.element_ty), mask=m2)
         tl.store(ws + 4 * H, h.to(ws_ptr.dtype.element_ty), mask=m2)
         tl.store(out_ptr + row * H + rj[None, :], out_t.to(out_ptr.dtype.element_ty), mask=m2)
-        h = h_new
+        h = tl.where(m2, h_new, 0.0)  # padding stays 0: in the next dot, inf * 0 would be NaN
     tl.store(hn_ptr + rb[:, None] * H + rj[None, :], h.to(hn_ptr.dtype.element_ty), mask=m2)
 
 
@@ -147,7 +147,7 @@ def _gru_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dgx_ptr, dgh_ptr, d
         tl.store(gh, d_r.to(dgh_ptr.dtype.element_ty), mask=m2)
         tl.store(gh + H, d_z.to(dgh_ptr.dtype.element_ty), mask=m2)
         tl.store(gh + 2 * H, d_hn.to(dgh_ptr.dtype.element_ty), mask=m2)
-        dh = dprev
+        dh = tl.where(m2, dprev, 0.0)  # padding stays 0 (as in the forward)
     tl.store(dh0_ptr + rb[:, None] * H + rj[None, :], dh.to(dh0_ptr.dtype.element_ty), mask=m2)
 
 

@@ -14,7 +14,7 @@ from hnrnn.kernels._common import block_sizes, compute_dtype, dot_precision
 @triton.jit
 def _act(x, RELU: tl.constexpr):
     if RELU:
-        return tl.maximum(x, 0.0)
+        return tl.maximum(x, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     else:
         return 2.0 * tl.sigmoid(2.0 * x) - 1.0
 
@@ -58,7 +58,7 @@ def _rnn_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_p
         tl.store(ws, out_t.to(ws_ptr.dtype.element_ty), mask=m2)
         tl.store(ws + H, h.to(ws_ptr.dtype.element_ty), mask=m2)
         tl.store(out_ptr + row * H + rj[None, :], out_t.to(out_ptr.dtype.element_ty), mask=m2)
-        h = h_new
+        h = tl.where(m2, h_new, 0.0)  # padding stays 0: in the next dot, inf * 0 would be NaN
     tl.store(hn_ptr + rb[:, None] * H + rj[None, :], h.to(hn_ptr.dtype.element_ty), mask=m2)
 
 
@@ -87,7 +87,7 @@ def _rnn_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dg_ptr, dh0_ptr, T,
         h = tl.load(ws_ptr + row * (2 * H) + rj[None, :], mask=m2, other=0.0).to(ACC)
         d = dh + tl.load(go_ptr + row * H + rj[None, :], mask=m2, other=0.0).to(ACC)
         if RELU:
-            g = tl.where(h > 0.0, d, 0.0)
+            g = tl.where(h <= 0.0, 0.0, d)  # torch's threshold_backward: NaN h passes d
         else:
             g = d * (1.0 - h * h)
         if HAS_LEN:
@@ -97,7 +97,7 @@ def _rnn_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dg_ptr, dh0_ptr, T,
         if HAS_LEN:
             dprev = tl.where(active, dprev, dh)
         tl.store(dg_ptr + row * H + rj[None, :], g.to(dg_ptr.dtype.element_ty), mask=m2)
-        dh = dprev
+        dh = tl.where(m2, dprev, 0.0)  # padding stays 0 (as in the forward)
     tl.store(dh0_ptr + rb[:, None] * H + rj[None, :], dh.to(dh0_ptr.dtype.element_ty), mask=m2)
 
 

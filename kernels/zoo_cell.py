@@ -106,7 +106,8 @@ def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_
             rv = (1.0 - momentum) * rv + momentum * var * unbias
         tl.store(mean_ptr + t * H + cols, mean, mask=mc)
         tl.store(invstd_ptr + t * H + cols, invstd, mask=mc)
-        o = (r - mean[None, :]) * invstd[None, :] * gamma[None, :] + beta[None, :]
+        scale = invstd * gamma
+        o = r * scale[None, :] + (beta - mean * scale)[None, :]  # torch's CPU batch-norm form (zoo_cell.h)
         tl.store(out_ptr + rows[:, None] * (T * H) + t * H + cols[None, :], o, mask=m2)
         if NORM_STATE:
             h = tl.where(m2, o, 0.0)
@@ -172,13 +173,15 @@ def _fwd_step_kernel(ids_ptr, h_ptr, h_stride, emb_ptr, w_ptr, b_ptr, g_ptr, bet
     tl.store(invstd_ptr + cols, invstd, mask=mc)
     gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
     beta = tl.load(beta_ptr + cols, mask=mc, other=0.0)
+    scale = invstd * gamma
+    shift = beta - mean * scale  # torch's CPU batch-norm form (zoo_cell.h)
     tl.debug_barrier()  # r written above by other threads of this program
     # Pass 2: normalise.
     for b0 in range(0, B, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)
         m2 = (rows < B)[:, None] & mc[None, :]
         r = tl.load(rs_ptr + rows[:, None] * H + cols[None, :], mask=m2, other=0.0)
-        o = (r - mean[None, :]) * invstd[None, :] * gamma[None, :] + beta[None, :]
+        o = r * scale[None, :] + shift[None, :]
         tl.store(out_ptr + rows[:, None] * (T * H) + cols[None, :], o, mask=m2)
 
 
@@ -238,7 +241,7 @@ def _bn_relu_grad(g, gh_direct, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAI
     else:
         gr = (gamma * invstd)[None, :] * g
     gr = gr + gh_direct
-    return tl.where(m2 & (r > 0.0), gr, 0.0)
+    return tl.where(m2 & ~(r <= 0.0), gr, 0.0)  # torch's threshold_backward: NaN r passes gr
 
 
 @triton.jit

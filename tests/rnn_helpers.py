@@ -31,11 +31,16 @@ def run_with_grads(mod, x, h0, g_out, g_h):
     out, h_n = mod(x, h0) if h0 is not None else mod(x)
     loss = (_data(out) * g_out).sum() + (h_n * g_h).sum()
     loss.backward()
-    res = [_data(out).detach(), h_n.detach(), xs[0].grad.clone()]
+    res = [_data(out).detach(), h_n.detach(), grad_or_zeros(xs[0])]
     if h0 is not None:
-        res.append(h0.grad.clone())
-    res += [p.grad.clone() for p in mod.parameters()]
+        res.append(grad_or_zeros(h0))
+    res += [grad_or_zeros(p) for p in mod.parameters()]
     return res
+
+
+def grad_or_zeros(t):
+    """t's gradient (a copy), zeros where nothing reached t (e.g. an empty batch)."""
+    return torch.zeros_like(t) if t.grad is None else t.grad.clone()
 
 
 def leaf(t):
@@ -57,7 +62,11 @@ def assert_matches(ours, ref, atol, rtol=0.0, names=None):
 def assert_within_2x_torch_error(ours, torch32, truth, floor=1e-6):
     """Low-precision check in the flash-attention style: our error against the float64 truth
     is at most twice torch.nn's own float32 error (plus a small floor for exact zeros)."""
+    assert len(ours) == len(torch32) == len(truth)
     for i, (a, b, t) in enumerate(zip(ours, torch32, truth)):
+        assert a.shape == t.shape, f"tensor {i}: shape {tuple(a.shape)} != {tuple(t.shape)}"
+        if t.numel() == 0:
+            continue
         t = t.to(torch.float64)
         err = (a.double() - t).abs().max().item()
         ref_err = (b.double() - t).abs().max().item()

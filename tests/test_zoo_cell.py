@@ -191,7 +191,7 @@ def _bad(**changes):
 BAD = [
     ("ids_too_big", dict(ids=lambda a: a["ids"].clone().fill_(5)), IndexError, r"ids must be in \[0, 5\).*5"),
     ("ids_negative", dict(ids=lambda a: a["ids"].clone().fill_(-1)), IndexError, r"ids must be in \[0, 5\).*-1"),
-    ("ids_float", dict(ids=lambda a: a["ids"].double()), TypeError, "ids must be int64 or int32"),
+    ("ids_float", dict(ids=lambda a: a["ids"].double()), RuntimeError, "ids must be int64 or int32"),
     ("ids_1d", dict(ids=lambda a: a["ids"][:, 0]), ValueError, r"ids must be \(B, T\)"),
     ("ids_no_steps", dict(ids=lambda a: a["ids"][:, :0]), ValueError, "T >= 1"),
     ("h0_batch", dict(h0=lambda a: a["h0"][:3]), ValueError, r"h0 must be \(B, H\) with B = 4"),

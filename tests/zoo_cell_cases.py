@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hnrnn import reference
-from hnrnn.ops.zoo_cell import zoo_cell_sequence
+from hnrnn.ops.zoo_cell import zoo_cell_sequence, zoo_cell_step
 
 MODES = [(ns, tr) for ns in (True, False) for tr in (True, False)]  # (norm_state, training)
 PARAMS = ("h0", "emb", "weight", "bias", "bn_weight", "bn_bias")
@@ -34,7 +34,11 @@ def run(fn, ids, floats, norm_state, training, grad_seed=1, **kw):
 
 def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_seed=1):
     """The lesson's loop with real modules (nn.Embedding, nn.Linear, nn.BatchNorm1d called once per
-    step, which updates its own running statistics); same return convention as `run`."""
+    step, which updates its own running statistics); same return convention as `run`. 1-D ids:
+    one step, with the step op's (B, H) output."""
+    step = ids.dim() == 1
+    if step:
+        ids = ids[:, None]
     h0, emb, weight, bias, gamma, beta, rm, rv = [f.detach().clone() for f in floats]
     H, V = weight.shape[0], emb.shape[0]
     i_h = nn.Embedding(V, H).to(emb)
@@ -57,7 +61,7 @@ def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_se
         o = bn(r)
         res.append(o)
         h = o if norm_state else r
-    out = torch.stack(res, 1)
+    out = res[0] if step else torch.stack(res, 1)
     g = torch.Generator().manual_seed(grad_seed)
     A = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
     C = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
@@ -67,13 +71,14 @@ def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_se
 
 
 def fused(backend):
+    """The entry point on `backend`: zoo_cell_sequence, or zoo_cell_step for 1-D ids."""
     def fn(ids, *args, **kw):
-        return zoo_cell_sequence(ids, *args, backend=backend, **kw)
+        return (zoo_cell_step if ids.dim() == 1 else zoo_cell_sequence)(ids, *args, backend=backend, **kw)
     return fn
 
 
 def reference_fn(ids, *args, **kw):
-    return reference.zoo_cell_sequence(ids, *args, **kw)
+    return (reference.zoo_cell_step if ids.dim() == 1 else reference.zoo_cell_sequence)(ids, *args, **kw)
 
 
 NAMES = ("out", "h_T", "running_mean", "running_var") + tuple("grad_" + p for p in PARAMS)
@@ -91,15 +96,23 @@ def max_errors(got, want):
             for n, a, b in zip(NAMES, got[0] + got[1], want[0] + want[1])}
 
 
-def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu"):
-    ids, f64 = make_inputs(B, T, H, V=V, device=device)
-    truth = run(reference_fn, ids, f64, norm_state, training)
-    what = f"{backend} B={B} T={T} H={H} norm_state={norm_state} training={training}"
-    if backend != "triton":  # the float64 kernels (cpu, cuda) agree to rounding
-        ours64 = run(fused(backend), ids, f64, norm_state, training)
+def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu", step=False,
+                  dtypes=(torch.float64, torch.float32), seed=0, momentum=0.1, eps=1e-5):
+    """`backend` against the float64 reference and the seed loop, in each of `dtypes` (Triton:
+    float32 only). step: the single-step op (T must be 1)."""
+    ids, f64 = make_inputs(B, T, H, V=V, device=device, seed=seed)
+    if step:
+        ids = ids[:, 0]
+    bn = dict(momentum=momentum, eps=eps)
+    truth = run(reference_fn, ids, f64, norm_state, training, **bn)
+    what = f"{backend} B={B} T={T} H={H} V={V} norm_state={norm_state} training={training} step={step} {bn}"
+    if backend != "triton" and torch.float64 in dtypes:  # the float64 kernels (cpu, cuda) agree to rounding
+        ours64 = run(fused(backend), ids, f64, norm_state, training, **bn)
         assert_all_close(ours64, truth, rtol=1e-7, atol=1e-9, what=what + " float64 vs reference")
-        assert_all_close(ours64, seed_loop(ids, f64, norm_state, training), rtol=1e-7, atol=1e-9,
+        assert_all_close(ours64, seed_loop(ids, f64, norm_state, training, **bn), rtol=1e-7, atol=1e-9,
                          what=what + " float64 vs seed loop")
+    if torch.float32 not in dtypes:
+        return
     # float32: the error against float64 truth is bounded by PyTorch's own float32 error (the seed
     # loop and the reference, in float32) times a factor, plus ~8 float32 ulps of the value's scale.
     # The factor is 8, not 2: with B = 3 some features have all but one ReLU output at zero, their
@@ -107,9 +120,9 @@ def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu"):
     # (measured: up to ~7x either way between equally exact float32 computations). A wrong formula
     # misses by orders of magnitude more.
     f32 = [f.float() for f in f64]
-    ours = run(fused(backend), ids, f32, norm_state, training)
-    torch_errs = [max_errors(run(reference_fn, ids, f32, norm_state, training), truth),
-                  max_errors(seed_loop(ids, f32, norm_state, training), truth)]
+    ours = run(fused(backend), ids, f32, norm_state, training, **bn)
+    torch_errs = [max_errors(run(reference_fn, ids, f32, norm_state, training, **bn), truth),
+                  max_errors(seed_loop(ids, f32, norm_state, training, **bn), truth)]
     errs = max_errors(ours, truth)
     for name, t in zip(NAMES, truth[0] + truth[1]):
         bound = 8 * max(e[name] for e in torch_errs) + 1e-6 * (1 + t.abs().max().item())

@@ -191,10 +191,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
   check_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 3);
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
-  at::Tensor out = at::empty({T, B, H}, h0.options());
-  at::Tensor ws = at::empty({T, B, 5 * H}, h0.options());
+  at::Tensor out = empty_output({T, B, H}, h0.options());
+  at::Tensor ws = empty_output({T, B, 5 * H}, h0.options());
   at::Tensor h = h0.contiguous().clone();  // the running state, returned as h_n
-  at::Tensor gh = at::empty({B, 3 * H}, h0.options());
+  at::Tensor gh = empty_output({B, 3 * H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, 3 * H, h0);
   const auto len = host_lengths(lengths, B, T);
   const at::Tensor w_t = w_hh.t().contiguous();  // (H, 3H): the per-step GEMM streams its rows
@@ -224,10 +224,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
   TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == 5 * H, "bad GRU workspace shape");
   TORCH_CHECK(grad_h_n.dim() == 2 && grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
-  at::Tensor dgx = at::empty({T, B, 3 * H}, grad_out.options());
-  at::Tensor dgh = at::empty({T, B, 3 * H}, grad_out.options());
+  at::Tensor dgx = empty_output({T, B, 3 * H}, grad_out.options());
+  at::Tensor dgh = empty_output({T, B, 3 * H}, grad_out.options());
   at::Tensor dh0 = grad_h_n.contiguous().clone();
-  at::Tensor dprev = at::empty({B, H}, grad_out.options());
+  at::Tensor dprev = empty_output({B, H}, grad_out.options());
   const auto len = host_lengths(lengths, B, T);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "gru_recurrence_backward_cpu", [&] {
     for_each_row_block(B, [&](int64_t b0, int64_t b1) {
@@ -343,10 +343,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
   check_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 1);
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
-  at::Tensor out = at::empty({T, B, H}, h0.options());
-  at::Tensor ws = at::empty({T, B, 2 * H}, h0.options());
+  at::Tensor out = empty_output({T, B, H}, h0.options());
+  at::Tensor ws = empty_output({T, B, 2 * H}, h0.options());
   at::Tensor h = h0.contiguous().clone();
-  at::Tensor gh = at::empty({B, H}, h0.options());
+  at::Tensor gh = empty_output({B, H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, H, h0);
   const auto len = host_lengths(lengths, B, T);
   const at::Tensor w_t = w_hh.t().contiguous();
@@ -375,9 +375,9 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
   TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == 2 * H, "bad RNN workspace shape");
   TORCH_CHECK(grad_h_n.dim() == 2 && grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
-  at::Tensor dg = at::empty({T, B, H}, grad_out.options());
+  at::Tensor dg = empty_output({T, B, H}, grad_out.options());
   at::Tensor dh0 = grad_h_n.contiguous().clone();
-  at::Tensor dprev = at::empty({B, H}, grad_out.options());
+  at::Tensor dprev = empty_output({B, H}, grad_out.options());
   const auto len = host_lengths(lengths, B, T);
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "rnn_recurrence_backward_cpu", [&] {
     for_each_row_block(B, [&](int64_t b0, int64_t b1) {

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 // The row loops must auto-vectorise; the ReLU select only if-converts when GCC may assume FP
@@ -53,10 +54,11 @@ HNRNN_INLINE void row_sq_dev(const T* __restrict__ r, const T* __restrict__ mean
     s[k] += d * d;
   }
 }
+// o = r * scale + shift, the form of torch's CPU batch norm (so inf weights give NaN where its do)
 template <typename T>
-HNRNN_INLINE void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ mean,
-                          const T* __restrict__ scale, const T* __restrict__ beta, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) o[k] = (r[k] - mean[k]) * scale[k] + beta[k];
+HNRNN_INLINE void row_normalise(T* __restrict__ o, const T* __restrict__ r, const T* __restrict__ scale,
+                                const T* __restrict__ shift, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) o[k] = r[k] * scale[k] + shift[k];
 }
 // g = gout (+ gh when the state is normalised); sums of g and g * xhat.
 template <bool kAddState, typename T>
@@ -70,15 +72,18 @@ HNRNN_INLINE void row_bn_grad_sums(T* __restrict__ g, const T* __restrict__ go, 
     sgx[k] += v * ((r[k] - mean[k]) * invstd[k]);
   }
 }
-// dz = ReLU'(r) * (ca * g + cc + cd * (r - mean) + gh_direct)
-template <bool kDirect, typename T>
+// dz = ReLU'(r) * (ca * (g - cc - cd * (r - mean)) + gh_direct): ca = gamma * invstd; cc and cd
+// are the batch-statistics terms of training, left out in eval (where 0 * (r - mean) would turn
+// a NaN r into a NaN dz). Factored as torch's batch-norm backward, so that an inf gamma gives
+// inf and NaN where nn.BatchNorm1d's gradients have them.
+template <bool kDirect, bool kTraining, typename T>
 HNRNN_INLINE void row_dz(T* __restrict__ dz, const T* __restrict__ g, const T* __restrict__ gh, const T* __restrict__ r,
                    const T* __restrict__ mean, const T* __restrict__ ca, const T* __restrict__ cc,
                    const T* __restrict__ cd, int64_t n) {
   for (int64_t k = 0; k < n; ++k) {
-    T d = ca[k] * g[k] + cc[k] + cd[k] * (r[k] - mean[k]);
+    T d = kTraining ? ca[k] * (g[k] - cc[k] - cd[k] * (r[k] - mean[k])) : ca[k] * g[k];
     if (kDirect) d += gh[k];
-    dz[k] = r[k] > T(0) ? d : T(0);
+    dz[k] = r[k] <= T(0) ? T(0) : d;  // as zc::bn_relu_backward
   }
 }
 template <typename T>
@@ -132,10 +137,11 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
                     scalar_t* rv, bool norm_state, bool training, double momentum, double eps,
                     int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT, scalar_t* xs,
                     scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
-  std::vector<scalar_t> buf(3 * H);
+  std::vector<scalar_t> buf(4 * H);
   scalar_t* __restrict__ s1 = buf.data();         // sum, then mean
   scalar_t* __restrict__ s2 = buf.data() + H;     // sum of squared deviations, then invstd
   scalar_t* __restrict__ scale = buf.data() + 2 * H;  // invstd * gamma
+  scalar_t* __restrict__ shift = buf.data() + 3 * H;  // beta - mean * scale
   const scalar_t mom = static_cast<scalar_t>(momentum);
   for (int64_t t = 0; t < T; ++t) {
     scalar_t* __restrict__ x = xs + t * B * H;
@@ -173,8 +179,9 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
       m_t[k] = s1[k];
       is_t[k] = s2[k];
       scale[k] = s2[k] * gamma[k];
+      shift[k] = beta[k] - s1[k] * scale[k];
     }
-    for (int64_t b = 0; b < B; ++b) row_normalise(out + (b * T + t) * H, r + b * H, s1, scale, beta, H);
+    for (int64_t b = 0; b < B; ++b) row_normalise(out + (b * T + t) * H, r + b * H, scale, shift, H);
   }
   for (int64_t b = 0; b < B; ++b) {
     const scalar_t* src = norm_state ? out + (b * T + T - 1) * H : rs + ((T - 1) * B + b) * H;
@@ -204,14 +211,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   TORCH_CHECK_VALUE(!training || B > 1, "Expected more than 1 value per channel when training, got input size [",
                     B, ", ", H, "]");
   check_ids(ids, V);
-  auto out = at::empty({B, T, H}, h0.options());
-  auto hT = at::empty({B, H}, h0.options());
+  auto out = hnrnn::empty_output({B, T, H}, h0.options());
+  auto hT = hnrnn::empty_output({B, H}, h0.options());
   auto rm = running_mean.clone();
   auto rv = running_var.clone();
-  auto xs = at::empty({T, B, H}, h0.options());
-  auto rs = at::empty({T, B, H}, h0.options());
-  auto mean = at::empty({T, H}, h0.options());
-  auto invstd = at::empty({T, H}, h0.options());
+  auto xs = hnrnn::empty_output({T, B, H}, h0.options());
+  auto rs = hnrnn::empty_output({T, B, H}, h0.options());
+  auto mean = hnrnn::empty_output({T, H}, h0.options());
+  auto invstd = hnrnn::empty_output({T, H}, h0.options());
   const Tensor w_t = weight.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cpu", [&] {
     forward_for(static_cast<scalar_t*>(nullptr))(ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(),
@@ -254,21 +261,25 @@ HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, con
         row_bn_grad_sums<false>(gtot + b * H, gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, sg, sgx, H);
     }
     // zc::bn_relu_backward, with its per-feature factors hoisted out of the batch loop:
-    // dr = gamma*invstd*g - gamma*invstd*sg/B - (r - mean)*gamma*invstd^2*sgx/B  (training)
+    // dr = gamma*invstd * (g - sg/B - (r - mean)*invstd*sgx/B)  (training; eval: gamma*invstd*g)
     for (int64_t k = 0; k < H; ++k) {
       ggamma[k] += sgx[k];
       gbeta[k] += sg[k];
       ca[k] = gamma[k] * is_t[k];
-      cc[k] = training ? -ca[k] * sg[k] * inv_n : scalar_t(0);
-      cd[k] = training ? -ca[k] * is_t[k] * sgx[k] * inv_n : scalar_t(0);
+      cc[k] = sg[k] * inv_n;
+      cd[k] = is_t[k] * sgx[k] * inv_n;
     }
     scalar_t* gz_t = gz + t * B * H;
-    for (int64_t b = 0; b < B; ++b) {
-      if (norm_state)
-        row_dz<false>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
-      else
-        row_dz<true>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H, m_t, ca, cc, cd, H);
-    }
+    // the carried state gradient reaches r directly when the state is not normalised
+    auto dz_rows = [&](auto direct, auto train) {
+      for (int64_t b = 0; b < B; ++b)
+        row_dz<decltype(direct)::value, decltype(train)::value>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H,
+                                                                  m_t, ca, cc, cd, H);
+    };
+    if (norm_state && training) dz_rows(std::false_type{}, std::true_type{});
+    else if (norm_state) dz_rows(std::false_type{}, std::false_type{});
+    else if (training) dz_rows(std::true_type{}, std::true_type{});
+    else dz_rows(std::true_type{}, std::false_type{});
     scalar_t* gx_t = gx + t * B * H;
     hnrnn::cpu::small_gemm(B, H, H, gz_t, H, 1, W, H, gx_t, H, false);  // dx_t = dz_t W
     gh = gx_t;  // h_{t-1} enters x_t with coefficient 1
@@ -320,14 +331,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu
   }
   check_ids(ids, vocab_size);
   auto opts = weight.options();
-  auto gz = at::empty({T, B, H}, opts);
-  auto gx = at::empty({T, B, H}, opts);
-  auto gh0 = at::empty({B, H}, opts);
+  auto gz = hnrnn::empty_output({T, B, H}, opts);
+  auto gx = hnrnn::empty_output({T, B, H}, opts);
+  auto gh0 = hnrnn::empty_output({B, H}, opts);
   auto gE = at::zeros({vocab_size, H}, opts);
-  auto gW = at::empty({H, H}, opts);
-  auto gb = at::empty({H}, opts);
-  auto ggamma = at::empty({H}, opts);
-  auto gbeta = at::empty({H}, opts);
+  auto gW = hnrnn::empty_output({H, H}, opts);
+  auto gb = hnrnn::empty_output({H}, opts);
+  auto ggamma = hnrnn::empty_output({H}, opts);
+  auto gbeta = hnrnn::empty_output({H}, opts);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_backward_cpu", [&] {
     backward_for(static_cast<scalar_t*>(nullptr))(grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
                               weight.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(),

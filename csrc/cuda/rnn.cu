@@ -326,9 +326,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
   const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
   const auto len = device_lengths(lengths, gates_x);
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
-  at::Tensor out = at::empty({T, B, H}, h0.options());
-  at::Tensor ws = at::empty({T, B, (GRU ? 5 : 2) * H}, h0.options());
-  at::Tensor h_n = at::empty({B, H}, h0.options());
+  at::Tensor out = empty_output({T, B, H}, h0.options());
+  at::Tensor ws = empty_output({T, B, (GRU ? 5 : 2) * H}, h0.options());
+  at::Tensor h_n = empty_output({B, H}, h0.options());
   if (T == 0 || B == 0) return std::make_tuple(out, h0.clone(), ws);
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
@@ -341,7 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
                         out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>());
     } else {
       h_n.copy_(h0);  // the running state
-      at::Tensor gh = at::empty({B, G * H}, h0.options());
+      at::Tensor gh = empty_output({B, G * H}, h0.options());
       const at::Tensor w_t = w_hh.t();
       const int blocks = static_cast<int>((B * H + kThreads - 1) / kThreads);
       for (int64_t s = 0; s < T; ++s) {
@@ -370,9 +370,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
   TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == (GRU ? 5 : 2) * H, "bad workspace shape");
   TORCH_CHECK(grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
   const auto len = device_lengths(lengths, grad_out);
-  at::Tensor dgx = at::empty({T, B, G * H}, grad_out.options());
-  at::Tensor dgh = GRU ? at::empty({T, B, G * H}, grad_out.options()) : dgx;
-  at::Tensor dh0 = at::empty({B, H}, grad_out.options());
+  at::Tensor dgx = empty_output({T, B, G * H}, grad_out.options());
+  at::Tensor dgh = GRU ? empty_output({T, B, G * H}, grad_out.options()) : dgx;
+  at::Tensor dh0 = empty_output({B, H}, grad_out.options());
   if (T == 0 || B == 0) return std::make_tuple(dgx, dgh, grad_h_n.clone());
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
@@ -386,7 +386,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
                         dh0.data_ptr<scalar_t>());
     } else {
       dh0.copy_(grad_h_n);  // the carried gradient
-      at::Tensor dprev = at::empty({B, H}, grad_out.options());
+      at::Tensor dprev = empty_output({B, H}, grad_out.options());
       const int blocks = static_cast<int>((B * H + kThreads - 1) / kThreads);
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = reverse ? T - 1 - s : s;

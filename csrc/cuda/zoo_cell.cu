@@ -373,19 +373,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
                      {"running_var", &running_var}}, h0);
   const c10::cuda::CUDAGuard guard(h0.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto out = at::empty({B, T, H}, h0.options());
+  auto out = hnrnn::empty_output({B, T, H}, h0.options());
   auto rm = running_mean.clone();
   auto rv = running_var.clone();
-  auto xs = at::empty({T, B, H}, h0.options());
-  auto rs = at::empty({T, B, H}, h0.options());
-  auto mean = at::empty({T, H}, h0.options());
-  auto invstd = at::empty({T, H}, h0.options());
+  auto xs = hnrnn::empty_output({T, B, H}, h0.options());
+  auto rs = hnrnn::empty_output({T, B, H}, h0.options());
+  auto mean = hnrnn::empty_output({T, H}, h0.options());
+  auto invstd = hnrnn::empty_output({T, H}, h0.options());
   Tensor hT;
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cuda", [&] {
     const auto mom = static_cast<scalar_t>(momentum);
     const auto ep = static_cast<scalar_t>(eps);
     if (use_persistent(B, H, sizeof(scalar_t))) {
-      hT = at::empty({B, H}, h0.options());
+      hT = hnrnn::empty_output({B, H}, h0.options());
       const size_t smem = persistent_smem_bytes(B, H, sizeof(scalar_t));
       allow_smem(fwd_persistent_kernel<scalar_t>, smem);
       fwd_persistent_kernel<scalar_t><<<1, kThreads, smem, stream>>>(
@@ -437,14 +437,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
   const c10::cuda::CUDAGuard guard(weight.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto opts = weight.options();
-  auto gz = at::empty({T, B, H}, opts);
-  auto gx = at::empty({T, B, H}, opts);
+  auto gz = hnrnn::empty_output({T, B, H}, opts);
+  auto gx = hnrnn::empty_output({T, B, H}, opts);
   auto dgamma = at::zeros({H}, opts);
   auto dbeta = at::zeros({H}, opts);
   Tensor gh0;
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_backward_cuda", [&] {
     if (use_persistent(B, H, sizeof(scalar_t))) {
-      gh0 = at::empty({B, H}, opts);
+      gh0 = hnrnn::empty_output({B, H}, opts);
       const size_t smem = persistent_smem_bytes(B, H, sizeof(scalar_t));
       allow_smem(bwd_persistent_kernel<scalar_t>, smem);
       bwd_persistent_kernel<scalar_t><<<1, kThreads, smem, stream>>>(
@@ -475,7 +475,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
   auto flat = ids.t().reshape({-1});  // time-major, like gx's rows
   auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto offsets = at::searchsorted(std::get<0>(sorted), at::arange(vocab_size + 1, ids.options()));
-  auto grad_emb = at::empty({vocab_size, H}, opts);
+  auto grad_emb = hnrnn::empty_output({vocab_size, H}, opts);
   if (vocab_size > 0) {
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_segment_sum", [&] {
       const dim3 grid(vocab_size, (H + 127) / 128);

@@ -21,12 +21,16 @@ namespace hnrnn {
 // auto-vectorise the pointwise loops that call it. Relative error about 2 ulp.
 // On the device, and for double, the library exp is used.
 HNRNN_HOST_DEVICE inline float exp_approx_host(float x) {
-  x = x < 88.3762626647949f ? x : 88.3762626647949f;
-  x = x > -87.3365447505531f ? x : -87.3365447505531f;
+  // NaN passes these clamps (a comparison with NaN is false). Above ln(FLT_MAX) ~ 88.72 the
+  // exponent below reaches 128 and the result is inf, as expf's: sigmoid(-inf) must be 0.
+  x = x > 89.f ? 89.f : x;
+  x = x < -87.3365447505531f ? -87.3365447505531f : x;
   // n = round(x / ln2), r = x - n*ln2 (ln2 split in two for accuracy)
   float fx = x * 1.44269504088896341f;
   fx = fx + (fx >= 0.f ? 0.5f : -0.5f);
-  int32_t n = static_cast<int32_t>(fx);  // truncation after +-0.5 = round half away from zero
+  // Truncation after +-0.5 = round half away from zero. A NaN becomes 128 here (so the
+  // conversion is defined) and stays NaN in p below.
+  int32_t n = static_cast<int32_t>(fx < 128.f ? fx : 128.f);
   float fn = static_cast<float>(n);
   float r = x - fn * 0.693359375f;
   r = r - fn * (-2.12194440e-4f);
@@ -37,7 +41,7 @@ HNRNN_HOST_DEVICE inline float exp_approx_host(float x) {
   p = p * r + 1.6666665459E-1f;
   p = p * r + 5.0000001201E-1f;
   p = p * r * r + r + 1.0f;
-  // 2^n by building the exponent bits; n in [-126, 127] after the clamps above.
+  // 2^n by building the exponent bits; n in [-126, 128] after the clamps above (128: inf).
   int32_t bits = (n + 127) << 23;
   float pow2n;
   std::memcpy(&pow2n, &bits, sizeof(float));
@@ -114,13 +118,14 @@ HNRNN_HOST_DEVICE inline GruGrads<T> gru_backward(T dh, T r, T z, T n, T gh_n, T
 // ---- vanilla RNN ----
 template <typename T>
 HNRNN_HOST_DEVICE inline T rnn_forward(T pre, bool relu) {
-  return relu ? (pre > T(0) ? pre : T(0)) : tanh_(pre);
+  return relu ? (pre < T(0) ? T(0) : pre) : tanh_(pre);  // NaN stays NaN, as torch.relu
 }
 
 // Gradient of the pre-activation from the gradient of h and h itself.
 template <typename T>
 HNRNN_HOST_DEVICE inline T rnn_backward(T dh, T h, bool relu) {
-  return relu ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
+  // relu: torch's threshold_backward (h <= 0 ? 0 : dh), which passes dh where h is NaN
+  return relu ? (h <= T(0) ? T(0) : dh) : dh * (T(1) - h * h);
 }
 
 }  // namespace hnrnn

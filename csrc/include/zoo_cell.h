@@ -3,7 +3,8 @@
 //
 //   x_t   = h_{t-1} + E[ids_t]
 //   r_t   = ReLU(x_t W^T + b)
-//   out_t = (r_t - mean_t) * invstd_t * gamma + beta      (BatchNorm1d over the batch)
+//   out_t = (r_t - mean_t) * invstd_t * gamma + beta      (BatchNorm1d over the batch; computed as
+//           r_t * scale + shift, the form of torch's CPU kernel)
 //   h_t   = out_t (norm_state) or r_t
 #include "common.h"
 
@@ -13,9 +14,12 @@ namespace zoo {
 template <typename T>
 HNRNN_HOST_DEVICE inline T relu(T z) { return z < T(0) ? T(0) : z; }  // NaN stays NaN, as torch.relu
 
+// In the form of torch's CPU batch norm, r * scale + shift, so that inf / NaN statistics or
+// parameters give NaN where nn.BatchNorm1d's do.
 template <typename T>
 HNRNN_HOST_DEVICE inline T bn_apply(T r, T mean, T invstd, T gamma, T beta) {
-  return (r - mean) * invstd * gamma + beta;
+  const T scale = invstd * gamma;
+  return r * scale + (beta - mean * scale);
 }
 
 // nn.BatchNorm1d's running update: (1 - momentum) * old + momentum * batch value.
@@ -41,7 +45,7 @@ HNRNN_HOST_DEVICE inline T bn_relu_backward(T g_out, T g_r_direct, T r, T mean, 
     g = gamma * invstd * g_out;
   }
   g += g_r_direct;
-  return r > T(0) ? g : T(0);
+  return r <= T(0) ? T(0) : g;  // torch's threshold_backward: NaN r passes g
 }
 
 }  // namespace zoo

@@ -42,6 +42,19 @@ class _FusedRNNBase(torch.nn.RNNBase):
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}")
 
+    def _check_devices_and_state_dtype(self, input: Tensor, hx: Tensor) -> None:
+        # What torch.nn's kernels refuse (with these messages), checked before any of ours runs.
+        for name in self._flat_weights_names:  # read from the module, as check_input does
+            w = getattr(self, name)
+            if w.device != input.device:
+                raise RuntimeError("Input and parameter tensors are not at the same device, found input tensor at "
+                                   f"{input.device} and parameter tensor at {w.device}")
+        if hx.device != input.device:
+            raise RuntimeError("Input and hidden tensors are not at the same device, found input tensor at "
+                               f"{input.device} and hidden tensor at {hx.device}")
+        if hx.dtype != input.dtype and not torch._C._is_any_autocast_enabled():
+            raise RuntimeError(f"hx dtype ({hx.dtype}) does not match input dtype ({input.dtype})")
+
     def _layer_weights(self):
         weights = []
         for names in self._all_weights:
@@ -84,6 +97,7 @@ class _FusedRNNBase(torch.nn.RNNBase):
             # each row of the state must meet the sequence the caller thinks it meets
             hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
+        self._check_devices_and_state_dtype(input, hx)
 
         lengths = None
         if batch_sizes is not None:

@@ -10,7 +10,7 @@ the fastest available for the tensor's device. Asking for one that is not there 
 """
 import importlib.util
 import os
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -78,16 +78,35 @@ def unavailable_reason(backend: str, device: torch.device) -> Optional[str]:
     return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
 
 
-def resolve(backend: Optional[str], device: torch.device) -> str:
-    """The backend to use for tensors on `device`: `backend`, else $HNRNN_BACKEND, else the fastest."""
+def resolve(backend: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None,
+            kernel_dtypes: Optional[Dict[str, Tuple[torch.dtype, ...]]] = None) -> str:
+    """The backend to use for tensors on `device`: `backend`, else $HNRNN_BACKEND, else the fastest.
+    kernel_dtypes: the dtypes each backend's kernels compute in (a backend not listed takes any).
+    The automatic choice passes over a backend with no kernel for `dtype` (the reference takes
+    any dtype); an explicit one with no kernel for it is a TypeError."""
+    kernel_dtypes = kernel_dtypes or {}
+
+    def has_kernel(b: str) -> bool:
+        return dtype is None or b not in kernel_dtypes or dtype in kernel_dtypes[b]
+
     backend = backend or os.environ.get("HNRNN_BACKEND") or None
     if backend is not None and backend != "auto":
         why = unavailable_reason(backend, device)
         if why is not None:
             raise BackendUnavailableError(f"backend {backend!r} is not available: {why}")
+        if not has_kernel(backend):
+            names = ", ".join(str(d).replace("torch.", "") for d in kernel_dtypes[backend])
+            raise TypeError(f"the {backend} backend computes in {names}, got {dtype}; the reference backend "
+                            "(or the automatic choice, backend=None) takes any dtype")
         return backend
     preference = ("cuda", "triton", "reference") if device.type == "cuda" else ("cpu", "reference")
-    return next(b for b in preference if unavailable_reason(b, device) is None)
+    return next(b for b in preference if unavailable_reason(b, device) is None and has_kernel(b))
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether torch.autocast is on for `device`'s type (False for types autocast does not know,
+    such as meta, where torch.is_autocast_enabled raises)."""
+    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
 
 
 def autocast_cast(tensors, device: torch.device, kernel_dtypes):
@@ -98,7 +117,7 @@ def autocast_cast(tensors, device: torch.device, kernel_dtypes):
     tensors, non-float tensors and None pass unchanged, as under autocast; outside autocast (for
     `device`'s type) everything does. GEMMs outside the ops (input projection, output layer)
     follow autocast's own rules."""
-    if not torch.is_autocast_enabled(device.type):
+    if not autocast_enabled(device):
         return tuple(tensors)
     dtype = torch.get_autocast_dtype(device.type)
     if dtype not in kernel_dtypes:

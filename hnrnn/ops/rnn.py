@@ -48,8 +48,9 @@ _WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
 def _weight_grads(ctx, dgh: Tensor, ws: Tensor, H: int, gates: int):
     """dW_hh = sum_t dG_h[t]^T h_prev[t] and db_hh = sum_t dG_h[t]: one GEMM, one reduction."""
     needs = getattr(ctx, "needs_input_grad", (True,) * 4)
-    dgh2 = dgh.reshape(-1, gates * H)
-    dw = dgh2.t() @ ws[..., (_WS["gru" if gates == 3 else "rnn"] - 1) * H:].reshape(-1, H) if needs[2] else None
+    rows = dgh.shape[0] * dgh.shape[1]  # T*B, spelled out: -1 is ambiguous when H = 0
+    dgh2 = dgh.reshape(rows, gates * H)
+    dw = dgh2.t() @ ws[..., (_WS["gru" if gates == 3 else "rnn"] - 1) * H:].reshape(rows, H) if needs[2] else None
     db = dgh2.sum(0) if ctx.has_bias and needs[3] else None
     return dw, db
 
@@ -218,27 +219,23 @@ if _backend.triton_may_run():  # register at import, outside any torch.compile t
 # public entry points
 # ---------------------------------------------------------------------------
 
-# The dtypes each backend's kernels compute in (the 16-bit ones accumulate in fp32). Under
-# autocast the reference computes in float32, the arithmetic those kernels accumulate in.
-_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64),
-                  "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
-                  "triton": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
-                  "reference": (torch.float32, torch.float64)}
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# The dtypes each backend's kernels compute in (the 16-bit ones accumulate in fp32); the
+# reference takes any dtype (and float32 under autocast, the arithmetic the kernels accumulate in).
+_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": _FLOATS, "triton": _FLOATS}
 
 
 def _backend_and_inputs(backend: Optional[str], tensors: Sequence[Optional[Tensor]]):
     """The backend to run and its inputs (the first one decides device and dtype). Under
     torch.autocast they are cast by the shared policy (_backend.autocast_cast: the autocast
-    dtype where the backend's kernel has one, else float32). Otherwise an automatic choice falls
-    back to the reference for dtypes no kernel covers (e.g. bfloat16 on CPU); an explicit one is
-    taken at its word."""
+    dtype where the backend's kernel has one, else float32). Otherwise the automatic choice
+    passes over backends without a kernel for the dtype (e.g. bfloat16 on CPU goes to the
+    reference) and an explicit one without it is a TypeError (_backend.resolve)."""
     first = tensors[0]
-    b = resolve(backend, first.device)
-    if torch.is_autocast_enabled(first.device.type):
-        return b, _backend.autocast_cast(tensors, first.device, _KERNEL_DTYPES[b])
-    if backend in (None, "auto") and first.dtype not in _KERNEL_DTYPES[b]:
-        return "reference", tuple(tensors)
-    return b, tuple(tensors)
+    if _backend.autocast_enabled(first.device):
+        b = resolve(backend, first.device)
+        return b, _backend.autocast_cast(tensors, first.device, _KERNEL_DTYPES.get(b, ()))
+    return resolve(backend, first.device, first.dtype, _KERNEL_DTYPES), tuple(tensors)
 
 
 _TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers
@@ -251,10 +248,51 @@ def _check_triton_size(H: int, device: torch.device):
             f"hidden sizes up to {_TRITON_MAX_H} on a GPU, got {H}; use backend='cuda'")
 
 
-def _check_lengths(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+def _check_args(op: str, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
+                lengths: Optional[Tensor], gates: int) -> Optional[Tensor]:
+    """Checks a recurrence's inputs before any backend runs, so that every backend refuses
+    alike and the message names the input: TypeError for types and dtypes, ValueError for
+    shapes and lengths outside [0, T], RuntimeError for devices. Returns lengths as int64 on
+    the inputs' device."""
+    named = [("gates_x", gates_x), ("h0", h0), ("w_hh", w_hh), ("b_hh", b_hh), ("lengths", lengths)]
+    for name, t in named:
+        if not isinstance(t, Tensor) and not (t is None and name in ("b_hh", "lengths")):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    named = [(n, t) for n, t in named[:4] if t is not None]
+    if not gates_x.dtype.is_floating_point:
+        raise TypeError(f"{op}: gates_x must be a floating point tensor, got {gates_x.dtype}")
+    for name, t in named[1:]:
+        # (under autocast the caller's casts decide; the kernels still check)
+        if t.dtype != gates_x.dtype and not torch._C._is_any_autocast_enabled():
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but gates_x has {gates_x.dtype}")
+        if t.device != gates_x.device:
+            raise RuntimeError(f"{op}: expected all tensors on one device, but {name} is on {t.device} "
+                               f"and gates_x on {gates_x.device}")
+    if gates_x.dim() != 3 or h0.dim() != 2 or h0.shape[0] != gates_x.shape[1]:
+        raise ValueError(f"{op}: gates_x must be (T, B, {gates}*H) and h0 (B, H) with the same B, got "
+                         f"{tuple(gates_x.shape)} and {tuple(h0.shape)}")
+    GH = gates * h0.shape[1]
+    if gates_x.shape[2] != GH or w_hh.shape != (GH, h0.shape[1]) or (b_hh is not None and b_hh.shape != (GH,)):
+        raise ValueError(f"{op}: with H = {h0.shape[1]} (from h0), gates_x must be (T, B, {GH}), w_hh ({GH}, "
+                         f"{h0.shape[1]}) and b_hh ({GH},), got {tuple(gates_x.shape)}, {tuple(w_hh.shape)} and "
+                         f"{None if b_hh is None else tuple(b_hh.shape)}")
     if lengths is None:
         return None
-    return lengths.to(device=device, dtype=torch.int64)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"{op}: lengths must be an integer tensor, got {lengths.dtype}")
+    if lengths.shape != (gates_x.shape[1],):
+        raise ValueError(f"{op}: lengths must be (B,) = ({gates_x.shape[1]},), got {tuple(lengths.shape)}")
+    # One reduction (free for the CPU lengths of a packed sequence); not possible in a compiled graph.
+    if not torch.compiler.is_compiling() and lengths.numel() > 0:
+        lo, hi = (int(v) for v in torch.aminmax(lengths))
+        if lo < 0 or hi > gates_x.shape[0]:
+            raise ValueError(f"{op}: lengths must be in [0, T] = [0, {gates_x.shape[0]}], found "
+                             f"{lo if lo < 0 else hi}")
+    return _lengths_on(lengths, gates_x.device)
+
+
+def _lengths_on(lengths: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+    return None if lengths is None else lengths.to(device=device, dtype=torch.int64)
 
 
 def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
@@ -262,8 +300,8 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """GRU recurrence of one layer and direction. gates_x: (T, B, 3H) = x W_ih^T + b_ih;
     h0: (B, H); w_hh: (3H, H). Returns (out (T, B, H), h_n (B, H))."""
+    lengths = _check_args("gru_recurrence", gates_x, h0, w_hh, b_hh, lengths, 3)
     b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, (gates_x, h0, w_hh, b_hh))
-    lengths = _check_lengths(lengths, gates_x.device)
     if b == "reference":
         with _backend.without_autocast(gates_x.device):
             return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
@@ -282,8 +320,8 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     """Vanilla-RNN recurrence of one layer and direction. gates_x: (T, B, H); w_hh: (H, H)."""
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    lengths = _check_args("rnn_recurrence", gates_x, h0, w_hh, b_hh, lengths, 1)
     b, (gates_x, h0, w_hh, b_hh) = _backend_and_inputs(backend, (gates_x, h0, w_hh, b_hh))
-    lengths = _check_lengths(lengths, gates_x.device)
     relu = nonlinearity == "relu"
     if b == "reference":
         with _backend.without_autocast(gates_x.device):
@@ -307,11 +345,13 @@ def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Opti
     draw it (the same noise on every backend and device). Returns (out (T, B, num_directions * H), h_n)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    lengths = _check_lengths(lengths, input.device)
+    if input.shape[0] == 0:  # torch.nn's error, word for word
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    lengths = _lengths_on(lengths, input.device)
     flat = [t for w in weights for t in w if t is not None]
     b, (x, h, *flat) = _backend_and_inputs(backend, (input, hx, *flat))
     device = input.device.type
-    autocast = torch.is_autocast_enabled(device)
+    autocast = _backend.autocast_enabled(input.device)
     # The whole network in one op (csrc/rnn_network.cpp), in the dtype the policy above cast to.
     # Under an autocast dtype the kernels lack (bfloat16 on the CPU) the layers run one by one
     # below instead, so the projection GEMMs still run in low precision, as autocast would.

@@ -19,9 +19,11 @@ The forward ops also return what backward needs (pre-linear inputs xs, ReLU outp
 batch mean and invstd); the entry points drop those.
 
 Input handling: non-contiguous inputs are made contiguous (a copy; gradients still flow), int32
-ids are widened to int64. Everything else that is wrong raises before any kernel runs: a
-TypeError for dtypes, a ValueError for shapes (and for training with batch size 1, as
-nn.BatchNorm1d), a RuntimeError for devices, an IndexError for ids outside [0, V). The ids range
+ids are widened to int64, an empty batch returns empty outputs and keeps the running statistics
+(as nn.BatchNorm1d). Everything else that is wrong raises before any kernel runs: a TypeError for
+float dtypes, a ValueError for shapes (and for training with batch size 1, as nn.BatchNorm1d), a
+RuntimeError for devices and for ids that are not integers, an IndexError for ids outside [0, V)
+(those two as nn.Embedding). The ids range
 is checked with one reduction; under torch.compile it cannot be (no host sync in a graph): the
 CPU kernel still checks every id while gathering, the CUDA and Triton kernels read an
 out-of-range id as a NaN embedding row instead of touching memory out of bounds.
@@ -121,8 +123,8 @@ def _validate(ids, floats, training, momentum, eps, seq):
             raise TypeError(f"zoo_cell: {name} must be a torch.Tensor, got {type(t).__name__}")
     h0, emb, weight, bias, bn_weight, bn_bias, rm, rv = floats
     state = "h0" if seq else "h"
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"zoo_cell: ids must be int64 or int32 token ids, got {ids.dtype}")
+    if ids.dtype not in (torch.int64, torch.int32):  # a RuntimeError, as nn.Embedding's
+        raise RuntimeError(f"zoo_cell: ids must be int64 or int32 token ids, got {ids.dtype}")
     if seq and (ids.dim() != 2 or ids.shape[1] < 1):
         raise ValueError(f"zoo_cell_sequence: ids must be (B, T) with T >= 1, got shape {tuple(ids.shape)}")
     if not seq and ids.dim() != 1:
@@ -148,7 +150,7 @@ def _validate(ids, floats, training, momentum, eps, seq):
         if t.device != h0.device:
             raise RuntimeError(f"zoo_cell: expected all tensors on one device, but {name} is on "
                                f"{t.device} and {state} on {h0.device}")
-    if training and ids.shape[0] < 2:
+    if training and ids.shape[0] == 1:
         raise ValueError("Expected more than 1 value per channel when training, got input size "
                          f"{torch.Size([ids.shape[0], H])}")
     if momentum is None or not isinstance(momentum, (int, float)):
@@ -175,6 +177,11 @@ def _check_ids_range(ids, vocab_size):
 # Entry points
 # ---------------------------------------------------------------------------------------------
 
+# The dtypes each backend's kernels compute in (the automatic choice uses the reference for others).
+_KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32, torch.float64),
+                  "triton": (torch.float32,)}
+
+
 def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
     if isinstance(floats[0], Tensor):
         # Under torch.autocast: float32 on every backend, as no zoo-cell kernel has a 16-bit
@@ -182,9 +189,11 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
         floats = _backend.autocast_cast(floats, floats[0].device, kernel_dtypes=())
     ids, floats = _validate(ids, floats, training, momentum, eps, seq)
     h0, emb = floats[0], floats[1]
-    be = _backend.resolve(backend, h0.device)
+    be = _backend.resolve(backend, h0.device, h0.dtype, _KERNEL_DTYPES)
     if be != "cpu":  # the CPU kernel checks every id itself while gathering
         _check_ids_range(ids, emb.shape[0])
+    if ids.shape[0] == 0:  # an empty batch: nothing to compute, statistics kept (as nn.BatchNorm1d)
+        be = "reference"
     if be == "reference":
         fn = reference.zoo_cell_sequence if seq else reference.zoo_cell_step
         with _backend.without_autocast(h0.device):
