@@ -37,18 +37,29 @@ def _sources(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _openmp_flags():
+    # at::parallel_for is inlined into the extension: with torch's OpenMP backend its
+    # `#pragma omp parallel` only runs in parallel when the extension is compiled with
+    # -fopenmp (otherwise every "parallel" loop silently runs on one thread). The extension
+    # then shares the libgomp that torch has already loaded (same soname).
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        return ["-fopenmp"]
+    return []
+
+
 def extension():
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
-    cxx_flags = ["-O3"]  # torch.utils.cpp_extension adds the C++ standard torch needs
+    cxx_flags = ["-O3"] + _openmp_flags()  # torch.utils.cpp_extension adds the C++ standard torch needs
+    link_flags = _openmp_flags()
     if not _with_cuda():
         return CppExtension("hnrnn._C", sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx_flags})
+                            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     nvcc_flags = ["-O3", "-lineinfo", "-DHNRNN_WITH_CUDA"]
     return CUDAExtension("hnrnn._C", sources + _sources("csrc/cuda/*.cu"),
-                         include_dirs=include_dirs,
+                         include_dirs=include_dirs, extra_link_args=link_flags,
                          extra_compile_args={"cxx": cxx_flags + ["-DHNRNN_WITH_CUDA"],
                                              "nvcc": nvcc_flags})
 
