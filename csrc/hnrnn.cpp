@@ -4,6 +4,11 @@
 // (csrc/autograd.cpp), fake kernels are registered in Python (hnrnn/ops).
 #include <torch/extension.h>
 
+#include <ATen/Parallel.h>
+
+#include <mutex>
+#include <set>
+
 #include "common.h"
 
 // The single zoo step is the sequence op with one time step.
@@ -84,9 +89,24 @@ static bool cuda_compiled() {
 #endif
 }
 
+// The number of threads at::parallel_for spreads `tasks` one-item tasks over: the CPU kernels
+// split their batch blocks this way, and an extension built without the flags of torch's
+// parallel backend (-fopenmp) silently runs them all on one thread.
+static int64_t parallel_for_threads(int64_t tasks) {
+  std::mutex mutex;
+  std::set<int> threads;
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    std::lock_guard<std::mutex> lock(mutex);
+    threads.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(threads.size());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "hnrnn compiled ops (registered under torch.ops.hnrnn)";
   m.def("cuda_compiled", &cuda_compiled, "True when the CUDA kernels were compiled into this build");
+  m.def("parallel_for_threads", &parallel_for_threads,
+        "How many threads at::parallel_for (as the CPU kernels call it) uses for `tasks` tasks");
   m.def("debug_fill_nan", &hnrnn::debug_fill_nan,
         "True when HNRNN_DEBUG_FILL_NAN=1 was set at the first kernel allocation: buffers start as NaN");
 }

@@ -32,3 +32,15 @@ def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):
 def test_default_cpu_backend_is_compiled():
     import torch
     assert _backend.resolve(None, torch.device("cpu")) == "cpu"
+
+
+def test_cpu_kernels_run_on_every_thread():
+    # The CPU kernels split batch blocks with at::parallel_for, which is inlined into the
+    # extension: built without torch's parallel-backend flags (-fopenmp) it silently runs serially.
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert _backend.extension().parallel_for_threads(8) == 2
+    finally:
+        torch.set_num_threads(threads)
