@@ -3,16 +3,21 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
 
-# Hypothesis profiles. "ci" (the default) is derandomized: every run tries the same examples, a
-# bounded number per test. `--hypothesis-profile=deep` searches at random, 10x longer, and keeps
-# failing examples in .hypothesis/ to replay them.
-settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None, database=None,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("deep", settings.get_profile("ci"), derandomize=False, max_examples=1000,
-                          database=settings.get_profile("default").database)
-settings.load_profile("ci")
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the GPU machines have no hypothesis; only tests/test_fuzz.py needs it
+    settings = None
+
+if settings is not None:
+    # Hypothesis profiles. "ci" (the default) is derandomized: every run tries the same examples, a
+    # bounded number per test. `--hypothesis-profile=deep` searches at random, 10x longer, and keeps
+    # failing examples in .hypothesis/ to replay them.
+    settings.register_profile("ci", derandomize=True, max_examples=100, deadline=None, database=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("deep", settings.get_profile("ci"), derandomize=False, max_examples=1000,
+                              database=settings.get_profile("default").database)
+    settings.load_profile("ci")
 
 # Every compiled kernel buffer starts as NaN (csrc/include/common.h), so an output a kernel
 # leaves partly unwritten fails the comparisons. Read once by hnrnn._C: set before any test runs.

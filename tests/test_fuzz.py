@@ -16,13 +16,16 @@ error (8x for the batch-normed zoo cell in training: see zoo_cell_cases.check_ba
 """
 import pytest
 import torch
-from hypothesis import given
 
-from hnrnn.ops._backend import extension
-from fuzz_cases import (DTYPES, fuzz, module_cases, module_trio, recurrence_cases, run_module, run_recurrence,
-                        run_zoo_model, zoo_cell_cases, zoo_model_cases, zoo_model_pair)
-from rnn_helpers import assert_matches, assert_within_2x_torch_error
-from zoo_cell_cases import check_backend
+pytest.importorskip("hypothesis", reason="the fuzz tests need hypothesis (requirements-dev.txt)")
+from hypothesis import given  # noqa: E402
+
+from hnrnn.ops._backend import extension  # noqa: E402
+from fuzz_cases import module_trio, run_module, run_recurrence, run_zoo_model, zoo_model_pair  # noqa: E402
+from fuzz_strategies import (DTYPES, fuzz, module_cases, recurrence_cases, zoo_cell_cases,  # noqa: E402
+                             zoo_model_cases)
+from rnn_helpers import assert_matches, assert_within_2x_torch_error  # noqa: E402
+from zoo_cell_cases import check_backend  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("nan_empty")
 
