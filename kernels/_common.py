@@ -24,6 +24,13 @@ def triton_op(name: str, fake: Callable):
     return decorate
 
 
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton(kernel)`` (so launches trace under torch.compile), except under
+    TRITON_INTERPRET=1, where triton.jit gives interpreted functions that torch 2.11's wrap_triton
+    rejects (newer torch passes them through unchanged, as here)."""
+    return kernel if triton_interpret() else torch.library.wrap_triton(kernel)
+
+
 def block_sizes(B: int, H: int):
     """(BLOCK_B, BLOCK_H): powers of two, at least 16 (the smallest tl.dot tile)."""
     block_h = max(16, triton.next_power_of_2(H))

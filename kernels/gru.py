@@ -8,13 +8,12 @@ same shape: dh stays in registers, dh_prev = dh * z + dG_h W_hh per step. Sizes 
 to powers of two (>= 16 for tl.dot) and masked. Resident weights suit H up to ~128 on a GPU.
 
 Workspace (T, B, 5H) = [r, z, n, W_hn h_prev + b_hn, h_prev], as every hnrnn backend.
-Launchers go through torch.library.wrap_triton so the ops trace under torch.compile.
+Launchers go through wrap_triton (_common) so the ops trace under torch.compile.
 """
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from hnrnn.kernels._common import block_sizes, compute_dtype, dot_precision
+from hnrnn.kernels._common import block_sizes, compute_dtype, dot_precision, wrap_triton
 
 
 @triton.jit

@@ -6,9 +6,8 @@ of BLOCK_B batch rows, the state in registers, one tl.dot per step. Workspace (T
 """
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
-from hnrnn.kernels._common import block_sizes, compute_dtype, dot_precision
+from hnrnn.kernels._common import block_sizes, compute_dtype, dot_precision, wrap_triton
 
 
 @triton.jit

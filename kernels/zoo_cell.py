@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import wrap_triton
+
+from hnrnn.kernels._common import wrap_triton
 
 # Limits of the one-program paths (padded sizes), and a test hook to force the per-step paths.
 SEQ_MAX_H = 128

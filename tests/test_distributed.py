@@ -4,6 +4,7 @@ backward), each rank's share of the rows, hidden states per rank, losses and met
 
 The workers only compute and save; every comparison is made here, against a single-process
 run of the same model (float64, so float rounding cannot hide a wrong statistic)."""
+import importlib.util
 import json
 import os
 from datetime import timedelta
@@ -214,7 +215,9 @@ def test_torchrun_cli_matches_single_process(tmp_path):
         assert p.returncode == 0, p.stderr
         runs[kind] = (p.stdout, json.loads((out / "t.json").read_text())["epochs"],
                       torch.load(out / "Model3.pt", weights_only=True))
-        assert sorted(os.listdir(out)) == ["Model3.png", "Model3.pt", "t.json"]  # no leftovers
+        # no leftovers; the plot only where matplotlib is installed (save_plot skips it otherwise)
+        plot = ["Model3.png"] if importlib.util.find_spec("matplotlib") else []
+        assert sorted(os.listdir(out)) == plot + ["Model3.pt", "t.json"]
     (out1, table1, ck1), (out2, table2, ck2) = runs["single"], runs["ddp"]
     assert out2.count("train_loss") == 1 and out2.count("Model3: final accuracy") == 1
     assert [r["epoch"] for r in table2] == [0, 1]

@@ -104,9 +104,10 @@ def resolve(backend: Optional[str], device: torch.device, dtype: Optional[torch.
 
 
 def autocast_enabled(device: torch.device) -> bool:
-    """Whether torch.autocast is on for `device`'s type (False for types autocast does not know,
-    such as meta, where torch.is_autocast_enabled raises)."""
-    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+    """Whether torch.autocast is on for `device`'s type (False for meta, where
+    torch.is_autocast_enabled raises). Meta is named rather than asking
+    torch.amp.is_autocast_available, which torch 2.11's dynamo cannot trace (a graph break)."""
+    return device.type != "meta" and torch.is_autocast_enabled(device.type)
 
 
 def autocast_cast(tensors, device: torch.device, kernel_dtypes):
