@@ -130,18 +130,25 @@ void check_forward_inputs(const Tensor& ids, const Tensor& h0, const Tensor& emb
 
 // Inner loops run over the H features of one row with per-feature arrays, so they vectorise;
 // the batch statistics of a (B, H) block are column sums in the scalar type (B terms).
-// W_t: the weight transposed, (H_in, H_out) row-major, so the GEMM streams its rows.
+// The running statistics come in as rm_in / rv_in and leave updated in rm / rv. The weight is
+// transposed here into W_t, (H_in, H_out) row-major, so the GEMM streams its rows (cheaper
+// than a separate aten transpose-copy at the lesson's sizes).
 template <typename scalar_t>
-HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W_t,
-                    const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, scalar_t* rm,
-                    scalar_t* rv, bool norm_state, bool training, double momentum, double eps,
-                    int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT, scalar_t* xs,
-                    scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
-  std::vector<scalar_t> buf(4 * H);
+HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W,
+                    const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, const scalar_t* rm_in,
+                    const scalar_t* rv_in, scalar_t* rm, scalar_t* rv, bool norm_state, bool training,
+                    double momentum, double eps, int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT,
+                    scalar_t* xs, scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
+  std::vector<scalar_t> buf(4 * H + H * H);
   scalar_t* __restrict__ s1 = buf.data();         // sum, then mean
   scalar_t* __restrict__ s2 = buf.data() + H;     // sum of squared deviations, then invstd
   scalar_t* __restrict__ scale = buf.data() + 2 * H;  // invstd * gamma
   scalar_t* __restrict__ shift = buf.data() + 3 * H;  // beta - mean * scale
+  scalar_t* __restrict__ W_t = buf.data() + 4 * H;
+  for (int64_t i = 0; i < H; ++i)
+    for (int64_t j = 0; j < H; ++j) W_t[j * H + i] = W[i * H + j];
+  std::copy(rm_in, rm_in + H, rm);
+  std::copy(rv_in, rv_in + H, rv);
   const scalar_t mom = static_cast<scalar_t>(momentum);
   for (int64_t t = 0; t < T; ++t) {
     scalar_t* __restrict__ x = xs + t * B * H;
@@ -191,13 +198,14 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
 
 // float runs through clones compiled per vector width (cpu_common.h); double, for the tests and
 // gradcheck, through the template itself.
-HNRNN_CPU_CLONES void forward_kernel_f32(const int64_t* ids, const float* h0, const float* E, const float* W_t,
-                                         const float* bias, const float* gamma, const float* beta, float* rm,
-                                         float* rv, bool norm_state, bool training, double momentum, double eps,
+HNRNN_CPU_CLONES void forward_kernel_f32(const int64_t* ids, const float* h0, const float* E, const float* W,
+                                         const float* bias, const float* gamma, const float* beta,
+                                         const float* rm_in, const float* rv_in, float* rm, float* rv,
+                                         bool norm_state, bool training, double momentum, double eps,
                                          int64_t B, int64_t T, int64_t H, float* out, float* hT, float* xs,
                                          float* rs, float* mean, float* invstd) {
-  forward_kernel<float>(ids, h0, E, W_t, bias, gamma, beta, rm, rv, norm_state, training, momentum, eps, B, T, H,
-                        out, hT, xs, rs, mean, invstd);
+  forward_kernel<float>(ids, h0, E, W, bias, gamma, beta, rm_in, rv_in, rm, rv, norm_state, training, momentum,
+                        eps, B, T, H, out, hT, xs, rs, mean, invstd);
 }
 inline auto forward_for(float*) { return &forward_kernel_f32; }
 inline auto forward_for(double*) { return &forward_kernel<double>; }
@@ -213,17 +221,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   check_ids(ids, V);
   auto out = hnrnn::empty_output({B, T, H}, h0.options());
   auto hT = hnrnn::empty_output({B, H}, h0.options());
-  auto rm = running_mean.clone();
-  auto rv = running_var.clone();
+  auto rm = hnrnn::empty_output({H}, h0.options());
+  auto rv = hnrnn::empty_output({H}, h0.options());
   auto xs = hnrnn::empty_output({T, B, H}, h0.options());
   auto rs = hnrnn::empty_output({T, B, H}, h0.options());
   auto mean = hnrnn::empty_output({T, H}, h0.options());
   auto invstd = hnrnn::empty_output({T, H}, h0.options());
-  const Tensor w_t = weight.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cpu", [&] {
     forward_for(static_cast<scalar_t*>(nullptr))(ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(),
-                             w_t.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                             weight.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                              bn_weight.data_ptr<scalar_t>(), bn_bias.data_ptr<scalar_t>(),
+                             running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(),
                              rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>(), norm_state, training,
                              momentum, eps, B, T, H, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(),
                              xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
