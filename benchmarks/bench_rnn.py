@@ -9,8 +9,8 @@ loop; at the seed shapes in float32 only: compiling unrolls the loop, about a mi
 reference / cpu / triton / cuda (hnrnn.nn.GRU / RNN with that backend); unavailable ones are skipped with the reason.
 Shapes: the seed's Model5 (GRU, 2 layers, B=64, H=64, T=20) and Model4 (RNN, 1 layer, same
 sizes); on CUDA also a one-layer GRU grid B in {1, 8, 64, 256} x H in {64, 128, 256, 512, 1024}
-x T in {20, 100, 500} (HNRNN_BENCH_FULL=1; by default the T=100 slice, to fit gpu_check.sh's
-time box). Modes: forward, forward+backward. Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
+x T in {20, 100, 500}: the grid only with HNRNN_BENCH_GRID=1 (its T=100 slice) or =full (every
+T); by default the seed shapes alone, to fit a short GPU session. Modes: forward, forward+backward. Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
 Timing: the shared `timed` fixture (benchmarks/conftest.py). Not collected by the default run.
 """
 import itertools
@@ -24,8 +24,8 @@ from hnrnn import reference
 from hnrnn.ops import _backend
 
 SEED = [("gru", 2, 64, 64, 20), ("rnn", 1, 64, 64, 20)]  # kind, layers, B, H, T
-_T = (20, 100, 500) if os.environ.get("HNRNN_BENCH_FULL") == "1" else (100,)
-GRID = [("gru", 1, B, H, T) for B, H, T in itertools.product((1, 8, 64, 256), (64, 128, 256, 512, 1024), _T)]
+_GRID_T = {"1": (100,), "full": (20, 100, 500)}.get(os.environ.get("HNRNN_BENCH_GRID", "0"), ())
+GRID = [("gru", 1, B, H, T) for B, H, T in itertools.product((1, 8, 64, 256), (64, 128, 256, 512, 1024), _GRID_T)]
 PROVIDERS = ["nn", "eager", "compile", "reference", "cpu", "triton", "cuda"]
 DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
 

@@ -5,12 +5,13 @@
 Providers: eager (nn.Embedding / nn.Linear / nn.BatchNorm1d per step, as the seed), compile
 (torch.compile of that loop, at the seed shapes: compiling unrolls the loop), reference, cpu, triton, cuda; unavailable ones are skipped with the
 reason. Shapes: the seed's (B=64, H=64, T=3 with the state normalised as Model0/1, T=20 with the
-output normalised as Model2/3), plus on CUDA the grid B in {16, 64, 256}, H in {64, 256, 1024},
-T in {20, 200}. Modes: forward, forward+backward (training mode throughout). Runs on the GPU when
+output normalised as Model2/3), plus on CUDA with HNRNN_BENCH_GRID=1 (or =full) the grid B in
+{16, 64, 256}, H in {64, 256, 1024}, T in {20, 200}. Modes: forward, forward+backward (training mode throughout). Runs on the GPU when
 there is one, else on the CPU. Timing: the shared `timed` fixture (benchmarks/conftest.py).
 Not collected by the default test run (testpaths = tests).
 """
 import itertools
+import os
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ from hnrnn.ops.zoo_cell import zoo_cell_sequence
 
 V = 39  # the lesson's vocabulary
 SEED_SHAPES = [(64, 64, 3, True), (64, 64, 20, False)]  # (B, H, T, norm_state)
-GRID = [(B, H, T, False) for B, H, T in itertools.product((16, 64, 256), (64, 256, 1024), (20, 200))]
+GRID = ([(B, H, T, False) for B, H, T in itertools.product((16, 64, 256), (64, 256, 1024), (20, 200))]
+        if os.environ.get("HNRNN_BENCH_GRID", "0") in ("1", "full") else [])
 PROVIDERS = ["eager", "compile", "reference", "cpu", "triton", "cuda"]
 DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
 
