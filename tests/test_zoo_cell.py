@@ -32,6 +32,26 @@ def test_cpu_batch_of_one_in_eval(B, T, H, norm_state):
     check_backend("cpu", B, T, H, norm_state, training=False)
 
 
+@needs_cpu_ext
+@pytest.mark.parametrize("norm_state,training", MODES)
+def test_cpu_kernels_split_batch_across_threads(norm_state, training):
+    # B = 37: three 16-row blocks, split 1 + 2 between two threads, which meet at barriers for
+    # the batch statistics; per-block partial sums added in block order give the same bits on
+    # any thread count
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            check_backend("cpu", 37, 5, 40, norm_state, training)
+            ids, f32 = make_inputs(37, 5, 40, dtype=torch.float32)
+            results.append(run(fused("cpu"), ids, f32, norm_state, training))
+    finally:
+        torch.set_num_threads(threads)
+    for x, y in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
+        assert torch.equal(x, y)
+
+
 def test_reference_matches_seed_loop():
     # The ground truth itself against the lesson's modules (float64, both placements and modes).
     for norm_state, training in MODES:

@@ -176,7 +176,7 @@ void gru_step_bwd_any(int64_t nb, int64_t H, int64_t t, const int64_t* len, cons
 // batch is cut into blocks of kRowsPerTask rows and each block runs the complete time loop on
 // its own: no synchronisation per step, the small per-step GEMMs run single-threaded inside
 // the parallel region, and a block's gate buffer stays in L1 between its GEMM and pointwise pass.
-constexpr int64_t kRowsPerTask = 16;
+using hnrnn::cpu::kRowsPerTask;
 
 template <typename F>
 void for_each_row_block(int64_t B, const F& fn) {

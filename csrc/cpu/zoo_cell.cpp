@@ -128,72 +128,143 @@ void check_forward_inputs(const Tensor& ids, const Tensor& h0, const Tensor& emb
   }
 }
 
-// Inner loops run over the H features of one row with per-feature arrays, so they vectorise;
-// the batch statistics of a (B, H) block are column sums in the scalar type (B terms).
+// out = the sum of the n rows of parts (row stride `stride`), added in row order.
+template <typename T>
+HNRNN_INLINE void column_total(T* __restrict__ out, const T* parts, int64_t n, int64_t stride, int64_t H) {
+  std::fill(out, out + H, T(0));
+  for (int64_t i = 0; i < n; ++i) row_add(out, parts + i * stride, H);
+}
+
+// How many threads a (B, H) zoo cell splits its batch across: up to one per row block, but
+// BatchNorm couples the rows, so the team meets at barriers every step (twice in forward, once
+// in backward), which pays only with enough work per step.
+inline int64_t team_for(int64_t B, int64_t H) {
+  const int64_t blocks = (B + hnrnn::cpu::kRowsPerTask - 1) / hnrnn::cpu::kRowsPerTask;
+  return B * H * H >= (int64_t(1) << 15) ? blocks : 1;
+}
+
+// What one thread of the forward team reads and writes (run_team's threads share all of it).
+template <typename scalar_t>
+struct ForwardArgs {
+  const int64_t* ids;
+  const scalar_t *h0, *E, *W_t, *bias, *gamma, *beta, *rm_in, *rv_in;
+  scalar_t *rm, *rv;
+  bool norm_state, training;
+  scalar_t momentum, eps;
+  int64_t B, T, H, blocks;
+  scalar_t *out, *hT, *xs, *rs, *mean, *invstd;
+  scalar_t *part_sum, *part_sq;  // per row block: column sums of the ReLU outputs, of their squared deviations
+};
+
+// The whole time loop for this thread's row blocks (a row's state only ever feeds the same
+// row). The batch statistics are per-block column sums in the scalar type, added in block order
+// after a barrier, so every thread count gives the same bits. Inner loops run over the H
+// features of one row with per-feature arrays, so they vectorise.
+template <typename scalar_t>
+HNRNN_INLINE void forward_rows(const ForwardArgs<scalar_t>& a, int64_t thread, int64_t threads) {
+  constexpr int64_t R = hnrnn::cpu::kRowsPerTask;
+  const int64_t B = a.B, T = a.T, H = a.H;
+  const int64_t blk0 = thread * a.blocks / threads, blk1 = (thread + 1) * a.blocks / threads;
+  const int64_t b0 = blk0 * R, b1 = std::min(B, blk1 * R);
+  std::vector<scalar_t> buf(4 * H);
+  scalar_t* __restrict__ s1 = buf.data();             // mean
+  scalar_t* __restrict__ s2 = buf.data() + H;         // sum of squared deviations, then invstd
+  scalar_t* __restrict__ scale = buf.data() + 2 * H;  // invstd * gamma
+  scalar_t* __restrict__ shift = buf.data() + 3 * H;  // beta - mean * scale
+  for (int64_t t = 0; t < T; ++t) {
+    scalar_t* __restrict__ x = a.xs + t * B * H;
+    scalar_t* __restrict__ r = a.rs + t * B * H;
+    // h_{t-1}: h0, the previous output (a strided row of `out`), or the previous ReLU.
+    const scalar_t* hp = t == 0 ? a.h0 : (a.norm_state ? a.out + (t - 1) * H : a.rs + (t - 1) * B * H);
+    const int64_t hs = (t > 0 && a.norm_state) ? T * H : H;
+    for (int64_t b = b0; b < b1; ++b) {
+      row_gather(x + b * H, r + b * H, hp + b * hs, a.E + a.ids[b * T + t] * H, a.bias, H);
+    }
+    hnrnn::cpu::small_gemm(b1 - b0, H, H, x + b0 * H, H, 1, a.W_t, H, r + b0 * H, H, true);  // r = b + x W^T
+    if (a.training) {
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        scalar_t* p = a.part_sum + blk * H;
+        std::fill(p, p + H, scalar_t(0));
+        for (int64_t b = blk * R; b < std::min(B, (blk + 1) * R); ++b) row_relu_sum(r + b * H, p, H);
+      }
+      hnrnn::cpu::team_barrier();
+      column_total(s1, a.part_sum, a.blocks, H, H);
+      for (int64_t k = 0; k < H; ++k) s1[k] /= static_cast<scalar_t>(B);
+      for (int64_t blk = blk0; blk < blk1; ++blk) {  // two-pass variance
+        scalar_t* p = a.part_sq + blk * H;
+        std::fill(p, p + H, scalar_t(0));
+        for (int64_t b = blk * R; b < std::min(B, (blk + 1) * R); ++b) row_sq_dev(r + b * H, s1, p, H);
+      }
+      hnrnn::cpu::team_barrier();
+      column_total(s2, a.part_sq, a.blocks, H, H);
+      for (int64_t k = 0; k < H; ++k) {
+        const scalar_t var = s2[k] / static_cast<scalar_t>(B);
+        if (thread == 0) {
+          a.rm[k] = zc::running_update(a.rm[k], s1[k], a.momentum);
+          a.rv[k] = zc::running_update(a.rv[k], var * static_cast<scalar_t>(B) / static_cast<scalar_t>(B - 1),
+                                       a.momentum);
+        }
+        s2[k] = scalar_t(1) / std::sqrt(var + a.eps);
+      }
+    } else {
+      for (int64_t i = b0 * H; i < b1 * H; ++i) r[i] = zc::relu(r[i]);
+      if (t == 0) {  // eval: the running statistics, the same every step
+        for (int64_t k = 0; k < H; ++k) {
+          s1[k] = a.rm_in[k];
+          s2[k] = scalar_t(1) / std::sqrt(a.rv_in[k] + a.eps);
+        }
+      }
+    }
+    for (int64_t k = 0; k < H; ++k) {
+      if (thread == 0) {
+        a.mean[t * H + k] = s1[k];
+        a.invstd[t * H + k] = s2[k];
+      }
+      scale[k] = s2[k] * a.gamma[k];
+      shift[k] = a.beta[k] - s1[k] * scale[k];
+    }
+    for (int64_t b = b0; b < b1; ++b) row_normalise(a.out + (b * T + t) * H, r + b * H, scale, shift, H);
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    const scalar_t* src = a.norm_state ? a.out + (b * T + T - 1) * H : a.rs + ((T - 1) * B + b) * H;
+    std::copy(src, src + H, a.hT + b * H);
+  }
+}
+
+// OpenMP's outlined region bodies are compiled for the baseline target only, so each thread
+// calls back into a per-vector-width clone (cpu_common.h).
+HNRNN_CPU_CLONES void forward_rows_f32(const ForwardArgs<float>& a, int64_t thread, int64_t threads) {
+  forward_rows(a, thread, threads);
+}
+inline void run_forward_rows(const ForwardArgs<float>& a, int64_t thread, int64_t threads) {
+  forward_rows_f32(a, thread, threads);
+}
+inline void run_forward_rows(const ForwardArgs<double>& a, int64_t thread, int64_t threads) {
+  forward_rows(a, thread, threads);
+}
+
 // The running statistics come in as rm_in / rv_in and leave updated in rm / rv. The weight is
-// transposed here into W_t, (H_in, H_out) row-major, so the GEMM streams its rows (cheaper
-// than a separate aten transpose-copy at the lesson's sizes).
+// transposed here into W_t, (H_in, H_out) row-major, so the GEMM streams its rows (cheaper than
+// a separate aten transpose-copy at the lesson's sizes).
 template <typename scalar_t>
 HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W,
                     const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, const scalar_t* rm_in,
                     const scalar_t* rv_in, scalar_t* rm, scalar_t* rv, bool norm_state, bool training,
                     double momentum, double eps, int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT,
                     scalar_t* xs, scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
-  std::vector<scalar_t> buf(4 * H + H * H);
-  scalar_t* __restrict__ s1 = buf.data();         // sum, then mean
-  scalar_t* __restrict__ s2 = buf.data() + H;     // sum of squared deviations, then invstd
-  scalar_t* __restrict__ scale = buf.data() + 2 * H;  // invstd * gamma
-  scalar_t* __restrict__ shift = buf.data() + 3 * H;  // beta - mean * scale
-  scalar_t* __restrict__ W_t = buf.data() + 4 * H;
+  const int64_t blocks = (B + hnrnn::cpu::kRowsPerTask - 1) / hnrnn::cpu::kRowsPerTask;
+  std::vector<scalar_t> shared(H * H + 2 * blocks * H);
+  scalar_t* W_t = shared.data();
   for (int64_t i = 0; i < H; ++i)
     for (int64_t j = 0; j < H; ++j) W_t[j * H + i] = W[i * H + j];
   std::copy(rm_in, rm_in + H, rm);
   std::copy(rv_in, rv_in + H, rv);
-  const scalar_t mom = static_cast<scalar_t>(momentum);
-  for (int64_t t = 0; t < T; ++t) {
-    scalar_t* __restrict__ x = xs + t * B * H;
-    scalar_t* __restrict__ r = rs + t * B * H;
-    // h_{t-1}: h0, the previous output (a strided row of `out`), or the previous ReLU.
-    const scalar_t* hp = t == 0 ? h0 : (norm_state ? out + (t - 1) * H : rs + (t - 1) * B * H);
-    const int64_t hs = (t > 0 && norm_state) ? T * H : H;
-    for (int64_t b = 0; b < B; ++b) {
-      row_gather(x + b * H, r + b * H, hp + b * hs, E + ids[b * T + t] * H, bias, H);
-    }
-    hnrnn::cpu::small_gemm(B, H, H, x, H, 1, W_t, H, r, H, true);  // r = b + x W^T
-    scalar_t* m_t = mean + t * H;
-    scalar_t* is_t = invstd + t * H;
-    if (training) {
-      std::fill(s1, s1 + 2 * H, scalar_t(0));
-      for (int64_t b = 0; b < B; ++b) row_relu_sum(r + b * H, s1, H);
-      for (int64_t k = 0; k < H; ++k) s1[k] /= static_cast<scalar_t>(B);
-      for (int64_t b = 0; b < B; ++b) row_sq_dev(r + b * H, s1, s2, H);  // two-pass variance
-      for (int64_t k = 0; k < H; ++k) {
-        const scalar_t var = s2[k] / static_cast<scalar_t>(B);
-        rm[k] = zc::running_update(rm[k], s1[k], mom);
-        rv[k] = zc::running_update(rv[k], var * static_cast<scalar_t>(B) / static_cast<scalar_t>(B - 1), mom);
-        s2[k] = scalar_t(1) / std::sqrt(var + static_cast<scalar_t>(eps));
-      }
-    } else {
-      for (int64_t i = 0; i < B * H; ++i) r[i] = zc::relu(r[i]);
-      if (t == 0) {  // eval: the running statistics, the same for every step
-        for (int64_t k = 0; k < H; ++k) {
-          s1[k] = rm[k];
-          s2[k] = scalar_t(1) / std::sqrt(rv[k] + static_cast<scalar_t>(eps));
-        }
-      }
-    }
-    for (int64_t k = 0; k < H; ++k) {
-      m_t[k] = s1[k];
-      is_t[k] = s2[k];
-      scale[k] = s2[k] * gamma[k];
-      shift[k] = beta[k] - s1[k] * scale[k];
-    }
-    for (int64_t b = 0; b < B; ++b) row_normalise(out + (b * T + t) * H, r + b * H, scale, shift, H);
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    const scalar_t* src = norm_state ? out + (b * T + T - 1) * H : rs + ((T - 1) * B + b) * H;
-    std::copy(src, src + H, hT + b * H);
-  }
+  const ForwardArgs<scalar_t> args{ids, h0, E, W_t, bias, gamma, beta, rm_in, rv_in, rm, rv, norm_state, training,
+                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), B, T, H, blocks,
+                                   out, hT, xs, rs, mean, invstd, W_t + H * H, W_t + H * H + blocks * H};
+  hnrnn::cpu::run_team(team_for(B, H), [&](int64_t thread, int64_t threads) {
+    run_forward_rows(args, thread, threads);
+  });
 }
 
 // float runs through clones compiled per vector width (cpu_common.h); double, for the tests and
@@ -240,58 +311,110 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   return {out, hT, rm, rv, xs, rs, mean, invstd};
 }
 
+// What one thread of the backward team reads and writes.
+template <typename scalar_t>
+struct BackwardArgs {
+  const scalar_t *gout, *ghT;
+  const scalar_t *W, *gamma, *rs, *mean, *invstd;
+  bool norm_state, training;
+  int64_t B, T, H, blocks;
+  scalar_t *gz, *gx, *ggamma, *gbeta;
+  scalar_t* gtot;   // gradient reaching out_t (B x H)
+  scalar_t* parts;  // per step parity and row block: column sums of g, then of g * xhat (2H)
+};
+
+// The reverse time loop for this thread's row blocks: one barrier a step, for the batch sums
+// of the BatchNorm gradient (per-block partials added in block order, as in forward). The
+// partial sums alternate between two buffers by step parity, so a thread may write the next
+// step's while another still reads this step's.
+template <typename scalar_t>
+HNRNN_INLINE void backward_rows(const BackwardArgs<scalar_t>& a, int64_t thread, int64_t threads) {
+  constexpr int64_t R = hnrnn::cpu::kRowsPerTask;
+  const int64_t B = a.B, T = a.T, H = a.H;
+  const int64_t blk0 = thread * a.blocks / threads, blk1 = (thread + 1) * a.blocks / threads;
+  const int64_t b0 = blk0 * R, b1 = std::min(B, blk1 * R);
+  std::vector<scalar_t> buf(5 * H);
+  scalar_t* __restrict__ sg = buf.data();  // sum over the batch of g
+  scalar_t* __restrict__ sgx = sg + H;     // ... of g * xhat
+  scalar_t* __restrict__ ca = sgx + H;     // dz = ca * g + cc + cd * (r - mean) (+ direct), see below
+  scalar_t* __restrict__ cc = ca + H;
+  scalar_t* __restrict__ cd = cc + H;
+  const scalar_t inv_n = scalar_t(1) / static_cast<scalar_t>(B);
+  const scalar_t* gh = a.ghT;  // gradient w.r.t. h_t (this thread's rows)
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const scalar_t* __restrict__ r = a.rs + t * B * H;
+    const scalar_t* __restrict__ m_t = a.mean + t * H;
+    const scalar_t* __restrict__ is_t = a.invstd + t * H;
+    scalar_t* parts = a.parts + (t & 1) * a.blocks * 2 * H;
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      scalar_t* psg = parts + blk * 2 * H;
+      scalar_t* psgx = psg + H;
+      std::fill(psg, psg + 2 * H, scalar_t(0));
+      for (int64_t b = blk * R; b < std::min(B, (blk + 1) * R); ++b) {
+        if (a.norm_state)
+          row_bn_grad_sums<true>(a.gtot + b * H, a.gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, psg,
+                                 psgx, H);
+        else
+          row_bn_grad_sums<false>(a.gtot + b * H, a.gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, psg,
+                                  psgx, H);
+      }
+    }
+    hnrnn::cpu::team_barrier();
+    column_total(sg, parts, a.blocks, 2 * H, H);
+    column_total(sgx, parts + H, a.blocks, 2 * H, H);
+    // zc::bn_relu_backward, with its per-feature factors hoisted out of the batch loop:
+    // dr = gamma*invstd * (g - sg/B - (r - mean)*invstd*sgx/B)  (training; eval: gamma*invstd*g)
+    for (int64_t k = 0; k < H; ++k) {
+      if (thread == 0) {
+        a.ggamma[k] += sgx[k];
+        a.gbeta[k] += sg[k];
+      }
+      ca[k] = a.gamma[k] * is_t[k];
+      cc[k] = sg[k] * inv_n;
+      cd[k] = is_t[k] * sgx[k] * inv_n;
+    }
+    scalar_t* gz_t = a.gz + t * B * H;
+    // the carried state gradient reaches r directly when the state is not normalised
+    auto dz_rows = [&](auto direct, auto train) {
+      for (int64_t b = b0; b < b1; ++b)
+        row_dz<decltype(direct)::value, decltype(train)::value>(gz_t + b * H, a.gtot + b * H, gh + b * H,
+                                                                  r + b * H, m_t, ca, cc, cd, H);
+    };
+    if (a.norm_state && a.training) dz_rows(std::false_type{}, std::true_type{});
+    else if (a.norm_state) dz_rows(std::false_type{}, std::false_type{});
+    else if (a.training) dz_rows(std::true_type{}, std::true_type{});
+    else dz_rows(std::true_type{}, std::false_type{});
+    scalar_t* gx_t = a.gx + t * B * H;
+    hnrnn::cpu::small_gemm(b1 - b0, H, H, gz_t + b0 * H, H, 1, a.W, H, gx_t + b0 * H, H, false);  // dx_t = dz_t W
+    gh = gx_t;  // h_{t-1} enters x_t with coefficient 1
+  }
+}
+
+HNRNN_CPU_CLONES void backward_rows_f32(const BackwardArgs<float>& a, int64_t thread, int64_t threads) {
+  backward_rows(a, thread, threads);
+}
+inline void run_backward_rows(const BackwardArgs<float>& a, int64_t thread, int64_t threads) {
+  backward_rows_f32(a, thread, threads);
+}
+inline void run_backward_rows(const BackwardArgs<double>& a, int64_t thread, int64_t threads) {
+  backward_rows(a, thread, threads);
+}
+
 template <typename scalar_t>
 HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* ids, const scalar_t* W,
                      const scalar_t* gamma, const scalar_t* xs, const scalar_t* rs, const scalar_t* mean,
                      const scalar_t* invstd, bool norm_state, bool training, int64_t B, int64_t T,
                      int64_t H, scalar_t* gz, scalar_t* gx, scalar_t* gh0, scalar_t* gE, scalar_t* gW,
                      scalar_t* gb, scalar_t* ggamma, scalar_t* gbeta) {
-  std::vector<scalar_t> buf(5 * H + B * H);
-  scalar_t* __restrict__ sg = buf.data();       // sum over the batch of g
-  scalar_t* __restrict__ sgx = sg + H;          // ... of g * xhat
-  scalar_t* __restrict__ ca = sgx + H;          // dz = ca * g + cc + cd * (r - mean) (+ direct), see below
-  scalar_t* __restrict__ cc = ca + H;
-  scalar_t* __restrict__ cd = cc + H;
-  scalar_t* __restrict__ gtot = cd + H;         // gradient reaching out_t (B x H)
+  const int64_t blocks = (B + hnrnn::cpu::kRowsPerTask - 1) / hnrnn::cpu::kRowsPerTask;
+  std::vector<scalar_t> buf(B * H + 2 * blocks * 2 * H);
   std::fill(ggamma, ggamma + H, scalar_t(0));
   std::fill(gbeta, gbeta + H, scalar_t(0));
-  const scalar_t inv_n = scalar_t(1) / static_cast<scalar_t>(B);
-  const scalar_t* gh = ghT;  // gradient w.r.t. h_t
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const scalar_t* __restrict__ r = rs + t * B * H;
-    const scalar_t* __restrict__ m_t = mean + t * H;
-    const scalar_t* __restrict__ is_t = invstd + t * H;
-    std::fill(sg, sg + 2 * H, scalar_t(0));
-    for (int64_t b = 0; b < B; ++b) {
-      if (norm_state)
-        row_bn_grad_sums<true>(gtot + b * H, gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, sg, sgx, H);
-      else
-        row_bn_grad_sums<false>(gtot + b * H, gout + (b * T + t) * H, gh + b * H, r + b * H, m_t, is_t, sg, sgx, H);
-    }
-    // zc::bn_relu_backward, with its per-feature factors hoisted out of the batch loop:
-    // dr = gamma*invstd * (g - sg/B - (r - mean)*invstd*sgx/B)  (training; eval: gamma*invstd*g)
-    for (int64_t k = 0; k < H; ++k) {
-      ggamma[k] += sgx[k];
-      gbeta[k] += sg[k];
-      ca[k] = gamma[k] * is_t[k];
-      cc[k] = sg[k] * inv_n;
-      cd[k] = is_t[k] * sgx[k] * inv_n;
-    }
-    scalar_t* gz_t = gz + t * B * H;
-    // the carried state gradient reaches r directly when the state is not normalised
-    auto dz_rows = [&](auto direct, auto train) {
-      for (int64_t b = 0; b < B; ++b)
-        row_dz<decltype(direct)::value, decltype(train)::value>(gz_t + b * H, gtot + b * H, gh + b * H, r + b * H,
-                                                                  m_t, ca, cc, cd, H);
-    };
-    if (norm_state && training) dz_rows(std::false_type{}, std::true_type{});
-    else if (norm_state) dz_rows(std::false_type{}, std::false_type{});
-    else if (training) dz_rows(std::true_type{}, std::true_type{});
-    else dz_rows(std::true_type{}, std::false_type{});
-    scalar_t* gx_t = gx + t * B * H;
-    hnrnn::cpu::small_gemm(B, H, H, gz_t, H, 1, W, H, gx_t, H, false);  // dx_t = dz_t W
-    gh = gx_t;  // h_{t-1} enters x_t with coefficient 1
-  }
+  const BackwardArgs<scalar_t> args{gout, ghT, W, gamma, rs, mean, invstd, norm_state, training, B, T, H, blocks,
+                                    gz, gx, ggamma, gbeta, buf.data(), buf.data() + B * H};
+  hnrnn::cpu::run_team(team_for(B, H), [&](int64_t thread, int64_t threads) {
+    run_backward_rows(args, thread, threads);
+  });
   std::copy(gx, gx + B * H, gh0);
   // dW = sum_t dz_t^T x_t over all T*B rows at once (A = dZ^T: a stride swap); each thread
   // owns whole output rows, so the sums do not depend on the thread count.
