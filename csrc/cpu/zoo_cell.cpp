@@ -6,6 +6,8 @@
 // step: one pass for the BN column sums, one that writes dz, one GEMM dx = dz W; after the
 // loop dW = dZ^T X is a single GEMM over all T*B rows (its output rows split across threads),
 // db a column sum, and dE a sequential scatter-add (deterministic).
+// Both time loops split the batch rows across a team of threads (forward_rows, backward_rows)
+// that meets at a barrier wherever BatchNorm needs the whole batch's sums.
 // Every buffer is allocated once per call.
 #include <torch/extension.h>
 
