@@ -234,14 +234,11 @@ HNRNN_INLINE void forward_rows(const ForwardArgs<scalar_t>& a, int64_t thread, i
 }
 
 // OpenMP's outlined region bodies are compiled for the baseline target only, so each thread
-// calls back into a per-vector-width clone (cpu_common.h).
-HNRNN_CPU_CLONES void forward_rows_f32(const ForwardArgs<float>& a, int64_t thread, int64_t threads) {
+// calls back into a per-vector-width clone (cpu_common.h); double runs the template itself.
+HNRNN_CPU_CLONES void run_forward_rows(const ForwardArgs<float>& a, int64_t thread, int64_t threads) {
   forward_rows(a, thread, threads);
 }
-inline void run_forward_rows(const ForwardArgs<float>& a, int64_t thread, int64_t threads) {
-  forward_rows_f32(a, thread, threads);
-}
-inline void run_forward_rows(const ForwardArgs<double>& a, int64_t thread, int64_t threads) {
+void run_forward_rows(const ForwardArgs<double>& a, int64_t thread, int64_t threads) {
   forward_rows(a, thread, threads);
 }
 
@@ -392,13 +389,10 @@ HNRNN_INLINE void backward_rows(const BackwardArgs<scalar_t>& a, int64_t thread,
   }
 }
 
-HNRNN_CPU_CLONES void backward_rows_f32(const BackwardArgs<float>& a, int64_t thread, int64_t threads) {
+HNRNN_CPU_CLONES void run_backward_rows(const BackwardArgs<float>& a, int64_t thread, int64_t threads) {
   backward_rows(a, thread, threads);
 }
-inline void run_backward_rows(const BackwardArgs<float>& a, int64_t thread, int64_t threads) {
-  backward_rows_f32(a, thread, threads);
-}
-inline void run_backward_rows(const BackwardArgs<double>& a, int64_t thread, int64_t threads) {
+void run_backward_rows(const BackwardArgs<double>& a, int64_t thread, int64_t threads) {
   backward_rows(a, thread, threads);
 }
 
