@@ -56,8 +56,6 @@ def unavailable(provider, device, dtype, kind, L, B, H, T):
         if (kind, L, B, H, T) not in SEED or dtype != torch.float32:
             return "torch.compile measured at the seed shapes in float32 only (gpu_check.sh's time box)"
         return None
-    if provider == "triton" and H > 256:
-        return "the Triton kernels keep W_hh in registers: H > 256 is not a Triton shape"
     if provider == "cpu" and dtype != torch.float32 and dtype != torch.float64:
         return "the C++ CPU kernels are float32 / float64"
     return _backend.unavailable_reason(provider, torch.device(device))

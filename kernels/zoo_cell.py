@@ -4,8 +4,9 @@ compiled hnrnn::zoo_cell_forward / zoo_cell_backward).
 
 Two paths each way:
 - whole sequence in one program (`_fwd_seq_kernel`, `_bwd_seq_kernel`) when the weight and the
-  (B, H) state fit in registers (H <= 128, B * H <= 16384 after padding): one launch runs the
-  whole time loop with W, h and the BatchNorm statistics on chip;
+  (B, H) state fit on chip (use_sequence_kernel: after padding H <= 128 and B up to 512 / 256 /
+  128 / 32 at H = 16 / 32 / 64 / 128): one launch runs the whole time loop with W, h and the
+  BatchNorm statistics on chip;
 - otherwise one launch per step (`_fwd_step_kernel`, `_bwd_step_kernel`): each program owns a
   block of features for the whole batch, so BatchNorm statistics stay in-program (BN is per
   feature); the recurrent product of the backward (dx = dz W) is a GEMM per step.
@@ -22,11 +23,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hnrnn.kernels._common import wrap_triton
+from hnrnn.kernels._common import tile, weight_tile, wrap_triton
 
-# Limits of the one-program paths (padded sizes), and a test hook to force the per-step paths.
+# Limits of the one-program paths (padded sizes): H <= SEQ_MAX_H, and the shared memory their
+# backward kernel asks for, compiled for sm_90 about 4 H^2 + 22 B H bytes (W and five (B, H) tiles
+# staged for its dots), within the 227 KiB a block gets on H100 / H200 with some margin
+# (tests/test_triton_compile.py compiles the corners of this rule). A test hook forces the per-step paths.
 SEQ_MAX_H = 128
-SEQ_MAX_ELEMENTS = 16384
+SEQ_MAX_SHARED_BYTES = 200 * 1024
 FORCE_STEP_PATH = False
 STEP_BLOCK_B = 128  # rows per block in the per-step kernels (tests lower it to cover several blocks)
 
@@ -41,7 +45,8 @@ def _seq_warps(B: int, H: int) -> int:
 
 
 def use_sequence_kernel(B: int, H: int) -> bool:
-    return (not FORCE_STEP_PATH) and _pow2(H) <= SEQ_MAX_H and _pow2(B) * _pow2(H) <= SEQ_MAX_ELEMENTS
+    b, h = _pow2(B), _pow2(H)
+    return not FORCE_STEP_PATH and h <= SEQ_MAX_H and 4 * h * h + 22 * b * h <= SEQ_MAX_SHARED_BYTES
 
 
 # -----------------------------------------------------------------------------------------------
@@ -73,14 +78,10 @@ def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_
                     B, T, H, V, momentum, eps, inv_b, unbias,
                     NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
-    mr = rows < B
+    rows, cols, m2 = tile(B, H, BLOCK_B, BLOCK_H)  # one program: the whole batch
     mc = cols < H
-    m2 = mr[:, None] & mc[None, :]
     bh = rows[:, None] * H + cols[None, :]
-    # W^T on chip for the whole loop: wt[k, j] = W[j, k].
-    wt = tl.load(w_ptr + cols[None, :] * H + cols[:, None], mask=mc[:, None] & mc[None, :], other=0.0)
+    wt = weight_tile(w_ptr, 0, H, BLOCK_H, TRANSPOSED=True)  # W^T on chip for the whole loop
     bias = tl.load(b_ptr + cols, mask=mc, other=0.0)
     gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
     beta = tl.load(beta_ptr + cols, mask=mc, other=0.0)
@@ -90,7 +91,7 @@ def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_
     invstd = 1.0 / tl.sqrt(rv + eps)
     h = tl.load(h0_ptr + bh, mask=m2, other=0.0)
     for t in range(T):
-        ids = tl.load(ids_ptr + rows * T + t, mask=mr, other=0)
+        ids = tl.load(ids_ptr + rows * T + t, mask=rows < B, other=0)
         ok = (ids >= 0) & (ids < V)
         e = tl.load(emb_ptr + ids[:, None] * H + cols[None, :], mask=m2 & ok[:, None], other=0.0)
         x = h + tl.where(ok[:, None] | (~m2), e, float("nan"))
@@ -250,13 +251,10 @@ def _bwd_seq_kernel(gout_ptr, ghT_ptr, w_ptr, g_ptr, rs_ptr, mean_ptr, invstd_pt
                     gz_ptr, gx_ptr, gh0_ptr, dgamma_ptr, dbeta_ptr, B, T, H, inv_b,
                     NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
-    rows = tl.arange(0, BLOCK_B)
-    cols = tl.arange(0, BLOCK_H)
-    mr = rows < B
+    rows, cols, m2 = tile(B, H, BLOCK_B, BLOCK_H)  # one program: the whole batch
     mc = cols < H
-    m2 = mr[:, None] & mc[None, :]
     bh = rows[:, None] * H + cols[None, :]
-    w = tl.load(w_ptr + cols[:, None] * H + cols[None, :], mask=mc[:, None] & mc[None, :], other=0.0)
+    w = weight_tile(w_ptr, 0, H, BLOCK_H, TRANSPOSED=False)
     gamma = tl.load(g_ptr + cols, mask=mc, other=0.0)
     dgamma = tl.zeros([BLOCK_H], dtype=tl.float32)
     dbeta = tl.zeros([BLOCK_H], dtype=tl.float32)

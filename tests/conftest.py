@@ -45,6 +45,15 @@ def _deterministic_seed():
 
 
 @pytest.fixture
+def no_tf32():
+    """IEEE float32 GEMMs and convolutions on CUDA (correctness tests compare with float64 truths)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture
 def one_thread():
     """torch.nn's CPU RNN opens an OpenMP region per small op; on a shared 2-core machine under
     load that costs a scheduler quantum each (100x slowdowns). Correctness tests that run it use

@@ -1,6 +1,8 @@
 """The Triton GRU / RNN kernels under TRITON_INTERPRET=1 on CPU tensors, through the public
 entry points (backend="triton"). Runs in its own pytest process (tests/run.sh): the
 interpreter must be switched on before triton is imported. Small shapes: the interpreter is slow.
+Both paths: the resident kernels (small W_hh) and the per-step path (GEMM + pointwise kernel per
+step), which the sizes here reach only through the FORCE_STEP_PATH hook, except H = 130.
 """
 import pytest
 import torch
@@ -11,6 +13,21 @@ from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_modu
                          packed_leaf, run_with_grads)
 
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("one_thread")]  # see tests/conftest.py
+
+
+@pytest.fixture(params=["resident", "per-step"])
+def path(request, monkeypatch):
+    from hnrnn.kernels import _common
+    monkeypatch.setattr(_common, "FORCE_STEP_PATH", request.param == "per-step")
+    return request.param
+
+
+def test_path_choice_by_weight_size():
+    from hnrnn.kernels._common import resident
+    assert resident(3, 64, torch.float32) and not resident(3, 65, torch.float32)
+    assert resident(3, 32, torch.float64) and not resident(3, 64, torch.float64)
+    assert resident(3, 128, torch.bfloat16) and resident(1, 256, torch.float16)
+    assert resident(1, 128, torch.float32) and not resident(1, 129, torch.float32)
 
 # kind, hidden, layers, bias, batch_first, bidirectional, h0, T, B, nonlinearity
 GRID = [
@@ -23,7 +40,7 @@ GRID = [
 
 
 @pytest.mark.parametrize("cfg", GRID, ids=lambda c: "-".join(map(str, c)))
-def test_triton_float64_matches_torch_nn(cfg):
+def test_triton_float64_matches_torch_nn(cfg, path):
     kind, H, layers, bias, bf, bidir, h0_given, T, B, nl = cfg
     kw = dict(num_layers=layers, bias=bias, batch_first=bf, bidirectional=bidir)
     if nl:
@@ -40,7 +57,7 @@ def test_triton_float64_matches_torch_nn(cfg):
 
 
 @pytest.mark.parametrize("kind", ["gru", "rnn"])
-def test_triton_float32_within_2x_of_torch_error(kind):
+def test_triton_float32_within_2x_of_torch_error(kind, path):
     ref64, _ = make_pair(kind, 16, 32, "triton", torch.float64, num_layers=2, batch_first=True)
     ref32 = cast_module(ref64, torch.float32)
     ours = cast_module(_, torch.float32)
@@ -53,7 +70,24 @@ def test_triton_float32_within_2x_of_torch_error(kind):
     assert_within_2x_torch_error(got, theirs, truth)
 
 
-def test_triton_packed_sequence_unsorted():
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_triton_bfloat16_per_step_within_2x_of_torch_error(kind, monkeypatch):
+    # 16-bit on the per-step path (it has no tl.dot, which the interpreter gets wrong in bf16:
+    # triton#11584; the resident 16-bit kernels are checked on the GPU tier)
+    from hnrnn.kernels import _common
+    monkeypatch.setattr(_common, "FORCE_STEP_PATH", True)
+    ref64, ours64 = make_pair(kind, 16, 24, "triton", torch.float64, num_layers=2, bidirectional=True)
+    x, h0 = torch.randn(6, 5, 16, dtype=torch.float64), torch.randn(4, 5, 24, dtype=torch.float64)
+    g_out, g_h = torch.randn(6, 5, 48, dtype=torch.float64), torch.randn(4, 5, 24, dtype=torch.float64)
+    truth = run_with_grads(ref64, leaf(x), leaf(h0), g_out, g_h)
+    ref16, ours16 = cast_module(ref64, torch.bfloat16), cast_module(ours64, torch.bfloat16)
+    c = lambda t: leaf(t.to(torch.bfloat16))  # noqa: E731
+    theirs = run_with_grads(ref16, c(x), c(h0), g_out.bfloat16(), g_h.bfloat16())
+    got = run_with_grads(ours16, c(x), c(h0), g_out.bfloat16(), g_h.bfloat16())
+    assert_within_2x_torch_error(got, theirs, truth, floor=1e-2)
+
+
+def test_triton_packed_sequence_unsorted(path):
     ref, ours = make_pair("gru", 3, 5, "triton", num_layers=1, bidirectional=True)
     packed = pack_sequence([torch.randn(n, 3, dtype=torch.float64) for n in (2, 5, 1, 4)], enforce_sorted=False)
     g_out = torch.randn(packed.data.shape[0], 10, dtype=torch.float64)
@@ -66,7 +100,7 @@ def test_triton_packed_sequence_unsorted():
 
 @pytest.mark.parametrize("kind,reverse,lengths", [("gru", False, None), ("gru", True, [3, 1]),
                                                   ("rnn_tanh", True, None), ("rnn_relu", False, [1, 3])])
-def test_triton_gradcheck(kind, reverse, lengths):
+def test_triton_gradcheck(kind, reverse, lengths, path):
     G = 3 if kind == "gru" else 1
     H = 3
     gx = torch.randn(3, 2, G * H, dtype=torch.float64, requires_grad=True)
@@ -81,7 +115,7 @@ def test_triton_gradcheck(kind, reverse, lengths):
     assert torch.autograd.gradcheck(f, (gx, h0, w, b))
 
 
-def test_triton_ops_match_compiled_workspace():
+def test_triton_ops_match_compiled_workspace(path):
     # every backend writes the same workspace layout, so backward ops are interchangeable
     gx, h0 = torch.randn(4, 3, 15, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
     w, b = torch.randn(15, 5, dtype=torch.float64), torch.randn(15, dtype=torch.float64)

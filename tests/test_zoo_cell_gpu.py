@@ -9,18 +9,10 @@ from hnrnn.ops.zoo_cell import zoo_cell_sequence
 
 from zoo_cell_cases import MODES, check_backend, fused, make_inputs, run
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # see tests/conftest.py
 
 # H = 300 and (256, 20, 130)/(600, ...) leave the one-program paths: per-step kernels.
 SHAPES = [(3, 1, 7), (3, 20, 50), (64, 3, 64), (64, 20, 64), (64, 20, 130), (256, 5, 300), (600, 3, 40)]
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

@@ -238,16 +238,6 @@ def _backend_and_inputs(backend: Optional[str], tensors: Sequence[Optional[Tenso
     return resolve(backend, first.device, first.dtype, _KERNEL_DTYPES), tuple(tensors)
 
 
-_TRITON_MAX_H = 256  # the Triton kernels hold W_hh in registers
-
-
-def _check_triton_size(H: int, device: torch.device):
-    if device.type == "cuda" and H > _TRITON_MAX_H:
-        raise BackendUnavailableError(
-            f"backend 'triton' is not available: its kernels keep W_hh in registers and support "
-            f"hidden sizes up to {_TRITON_MAX_H} on a GPU, got {H}; use backend='cuda'")
-
-
 def _check_args(op: str, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor],
                 lengths: Optional[Tensor], gates: int) -> Optional[Tensor]:
     """Checks a recurrence's inputs before any backend runs, so that every backend refuses
@@ -306,7 +296,6 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
         with _backend.without_autocast(gates_x.device):
             return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
     if b == "triton":
-        _check_triton_size(h0.shape[-1], gates_x.device)
         triton_ops()
         out, h_n, _ = torch.ops.hnrnn.gru_recurrence_triton(gates_x, h0, w_hh, b_hh, reverse, lengths)
     else:
@@ -327,7 +316,6 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
         with _backend.without_autocast(gates_x.device):
             return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
     if b == "triton":
-        _check_triton_size(h0.shape[-1], gates_x.device)
         triton_ops()
         out, h_n, _ = torch.ops.hnrnn.rnn_recurrence_triton(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
     else:
