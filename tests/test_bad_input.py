@@ -283,6 +283,65 @@ def test_recurrence_ops_take_non_contiguous_inputs(op, gates, backend):
     torch.testing.assert_close(forward_backward(call, *views), want, rtol=1e-12, atol=0)
 
 
+# ---------------------------------------------------- compiled ops called directly (torch.ops.hnrnn.*)
+# The Python entry points check first; the C++ checks (csrc/op_checks.cpp, shared by the CPU and
+# CUDA kernels) still refuse what would make a kernel read out of bounds, naming the input.
+
+def direct_rec(op="gru_recurrence", gates=3, lengths=None, **changes):
+    def call():
+        a = rec_args(gates=gates)
+        a.update({k: (v(a) if callable(v) else v) for k, v in changes.items()})
+        fn = getattr(torch.ops.hnrnn, op).default
+        if op.startswith("rnn"):
+            return fn(a["gates_x"], a["h0"], a["w_hh"], a["b_hh"], False, False, lengths)
+        return fn(a["gates_x"], a["h0"], a["w_hh"], a["b_hh"], False, lengths)
+    return call
+
+
+def direct_rec_backward(ws_width=5, lengths=None):
+    a = rec_args()
+    T, B, H = 4, 3, 5
+    return lambda: torch.ops.hnrnn.gru_recurrence_backward.default(
+        randn(T, B, H), randn(B, H), randn(T, B, ws_width * H), a["w_hh"], False, lengths)
+
+
+def direct_zoo(**changes):
+    def call():
+        ids, floats = make_inputs(3, 2, 5)
+        a = dict(zip(("ids", "h0", "emb", "weight", "bias", "bn_weight", "bn_bias", "rm", "rv"), [ids] + floats))
+        a.update({k: (v(a) if callable(v) else v) for k, v in changes.items()})
+        return torch.ops.hnrnn.zoo_cell_forward.default(*a.values(), False, True, 0.1, 1e-5)
+    return call
+
+
+DIRECT_ROWS = [
+    ("lengths of another batch", direct_rec(lengths=torch.tensor([4, 2])), ValueError,
+     r"gru_recurrence: lengths must be \(3,\), got \[2\]"),
+    ("int32 lengths", direct_rec(lengths=torch.tensor([4, 2, 1], dtype=torch.int32)), TypeError,
+     "lengths must be int64"),
+    ("b_hh of another dtype", direct_rec(b_hh=lambda a: a["b_hh"].float()), TypeError,
+     "b_hh has dtype Float but h0 has Double"),
+    ("rnn b_hh of GRU size", direct_rec("rnn_recurrence", gates=1, b_hh=randn(15)), ValueError,
+     "rnn_recurrence: b_hh must have 5 elements"),
+    ("workspace of RNN width", direct_rec_backward(ws_width=2), ValueError,
+     r"gru_recurrence_backward: the workspace must be \(4, 3, 25\)"),
+    ("backward lengths of another batch", direct_rec_backward(lengths=torch.tensor([1])), ValueError,
+     r"lengths must be \(3,\)"),
+    ("zoo weight not square", direct_zoo(weight=lambda a: a["weight"][:, :-1]), ValueError,
+     r"zoo_cell: weight must be \(5, 5\)"),
+    ("zoo running_var of another dtype", direct_zoo(rv=lambda a: a["rv"].float()), TypeError,
+     "running_var has dtype Float but h0 has Double"),
+    ("zoo non-contiguous emb", direct_zoo(emb=lambda a: a["emb"].t().contiguous().t()), RuntimeError,
+     "emb must be contiguous"),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,match", DIRECT_ROWS, ids=[r[0] for r in DIRECT_ROWS])
+def test_compiled_ops_called_directly_clear_errors(name, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
 # ------------------------------------------------------------------------- CLI: unreadable text
 
 TEXT_FILES = {

@@ -25,6 +25,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
 #endif
+#include "../op_checks.h"
 #include "cpu_common.h"
 #include "rnn_math.h"
 #include "small_gemm.h"
@@ -32,29 +33,6 @@
 
 namespace hnrnn {
 namespace {
-
-void check_inputs(const at::Tensor& gates_x, const at::Tensor& h0, const at::Tensor& w_hh,
-                  const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
-                  int64_t gates) {
-  TORCH_CHECK(gates_x.dim() == 3, "gates_x must be (T, B, G*H), got ", gates_x.sizes());
-  TORCH_CHECK(h0.dim() == 2, "h0 must be (B, H), got ", h0.sizes());
-  const int64_t B = gates_x.size(1), H = h0.size(1);
-  TORCH_CHECK(h0.size(0) == B, "h0 batch ", h0.size(0), " != gates_x batch ", B);
-  TORCH_CHECK(gates_x.size(2) == gates * H, "gates_x last dim must be ", gates * H, ", got ",
-              gates_x.size(2));
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * H && w_hh.size(1) == H,
-              "w_hh must be (", gates * H, ", ", H, "), got ", w_hh.sizes());
-  TORCH_CHECK(gates_x.scalar_type() == h0.scalar_type() && w_hh.scalar_type() == h0.scalar_type(),
-              "gates_x, h0 and w_hh must have the same dtype");
-  if (b_hh.has_value()) {
-    TORCH_CHECK(b_hh->numel() == gates * H, "b_hh must have ", gates * H, " elements");
-    TORCH_CHECK(b_hh->scalar_type() == h0.scalar_type(), "b_hh must have the dtype of h0");
-  }
-  if (lengths.has_value()) {
-    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B, "lengths must be (B,)");
-    TORCH_CHECK(lengths->scalar_type() == at::kLong, "lengths must be int64");
-  }
-}
 
 // lengths as a host vector; no lengths = every step active.
 std::vector<int64_t> host_lengths(const c10::optional<at::Tensor>& lengths, int64_t B, int64_t T) {
@@ -188,7 +166,7 @@ void for_each_row_block(int64_t B, const F& fn) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
     const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
-  check_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 3);
+  check_recurrence_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 3);
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
@@ -220,10 +198,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& grad_h_n, const at::Tensor& ws_, const at::Tensor& w_hh_,
     bool reverse, const c10::optional<at::Tensor>& lengths) {
+  check_recurrence_backward_inputs(grad_out_, grad_h_n, ws_, w_hh_, lengths, 3, 5);
   const at::Tensor grad_out = grad_out_.contiguous(), ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
-  TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == 5 * H, "bad GRU workspace shape");
-  TORCH_CHECK(grad_h_n.dim() == 2 && grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
   at::Tensor dgx = empty_output({T, B, 3 * H}, grad_out.options());
   at::Tensor dgh = empty_output({T, B, 3 * H}, grad_out.options());
   at::Tensor dh0 = grad_h_n.contiguous().clone();
@@ -340,7 +317,7 @@ void rnn_step_bwd_any(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
     const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, bool relu, bool reverse, const c10::optional<at::Tensor>& lengths) {
-  check_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 1);
+  check_recurrence_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 1);
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
@@ -371,10 +348,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
 std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& grad_h_n, const at::Tensor& ws_, const at::Tensor& w_hh_,
     bool relu, bool reverse, const c10::optional<at::Tensor>& lengths) {
+  check_recurrence_backward_inputs(grad_out_, grad_h_n, ws_, w_hh_, lengths, 1, 2);
   const at::Tensor grad_out = grad_out_.contiguous(), ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
-  TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == 2 * H, "bad RNN workspace shape");
-  TORCH_CHECK(grad_h_n.dim() == 2 && grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
   at::Tensor dg = empty_output({T, B, H}, grad_out.options());
   at::Tensor dh0 = grad_h_n.contiguous().clone();
   at::Tensor dprev = empty_output({B, H}, grad_out.options());

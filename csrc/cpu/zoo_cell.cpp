@@ -22,6 +22,7 @@
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-trapping-math")
 #endif
+#include "../op_checks.h"
 #include "cpu_common.h"
 #include "small_gemm.h"
 #include "zoo_cell.h"
@@ -98,35 +99,6 @@ void check_ids(const Tensor& ids, int64_t V) {
   for (int64_t i = 0, n = ids.numel(); i < n; ++i) {
     TORCH_CHECK_INDEX(p[i] >= 0 && p[i] < V, "zoo_cell: ids must be in [0, ", V,
                       ") (the embedding's rows), found ", p[i]);
-  }
-}
-
-void check_forward_inputs(const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight,
-                          const Tensor& bias, const Tensor& bn_weight, const Tensor& bn_bias,
-                          const Tensor& running_mean, const Tensor& running_var) {
-  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "zoo_cell: ids must be int64, got ", ids.scalar_type());
-  TORCH_CHECK_VALUE(ids.dim() == 2 && ids.size(1) >= 1, "zoo_cell: ids must be (B, T) with T >= 1, got ", ids.sizes());
-  TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(0) == ids.size(0), "zoo_cell: h0 must be (B, H) with B = ",
-                    ids.size(0), ", got ", h0.sizes());
-  const int64_t H = h0.size(1);
-  TORCH_CHECK_VALUE(emb.dim() == 2 && emb.size(1) == H, "zoo_cell: emb must be (V, ", H, "), got ", emb.sizes());
-  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(0) == H && weight.size(1) == H,
-                    "zoo_cell: weight must be (", H, ", ", H, "), got ", weight.sizes());
-  const std::pair<const char*, const Tensor*> vecs[] = {{"bias", &bias}, {"bn_weight", &bn_weight},
-      {"bn_bias", &bn_bias}, {"running_mean", &running_mean}, {"running_var", &running_var}};
-  for (const auto& [name, t] : vecs) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == H, "zoo_cell: ", name, " must be (", H, ",), got ", t->sizes());
-  }
-  const std::pair<const char*, const Tensor*> all[] = {{"ids", &ids}, {"h0", &h0}, {"emb", &emb},
-      {"weight", &weight}, {"bias", &bias}, {"bn_weight", &bn_weight}, {"bn_bias", &bn_bias},
-      {"running_mean", &running_mean}, {"running_var", &running_var}};
-  for (const auto& [name, t] : all) {
-    TORCH_CHECK(t->is_contiguous(), "zoo_cell: ", name, " must be contiguous");
-    TORCH_CHECK(t->device() == h0.device(), "zoo_cell: ", name, " is on ", t->device(), " but h0 is on ", h0.device());
-    if (t != &ids) {
-      TORCH_CHECK_TYPE(t->scalar_type() == h0.scalar_type(), "zoo_cell: ", name, " has dtype ", t->scalar_type(),
-                       " but h0 has ", h0.scalar_type());
-    }
   }
 }
 
@@ -284,10 +256,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
     const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
     bool norm_state, bool training, double momentum, double eps) {
-  check_forward_inputs(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var);
+  hnrnn::zoo::check_forward_inputs(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                   training);
   const int64_t B = ids.size(0), T = ids.size(1), H = h0.size(1), V = emb.size(0);
-  TORCH_CHECK_VALUE(!training || B > 1, "Expected more than 1 value per channel when training, got input size [",
-                    B, ", ", H, "]");
   check_ids(ids, V);
   auto out = hnrnn::empty_output({B, T, H}, h0.options());
   auto hT = hnrnn::empty_output({B, H}, h0.options());
@@ -439,23 +410,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu
     const Tensor& grad_out, const Tensor& grad_hT, const Tensor& ids, int64_t vocab_size, const Tensor& weight,
     const Tensor& bn_weight, const Tensor& xs, const Tensor& rs, const Tensor& mean, const Tensor& invstd,
     bool norm_state, bool training) {
-  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "zoo_cell_backward: ids must be int64");
-  TORCH_CHECK_VALUE(ids.dim() == 2 && xs.dim() == 3, "zoo_cell_backward: ids must be (B, T), xs (T, B, H)");
+  hnrnn::zoo::check_backward_inputs(grad_out, grad_hT, ids, weight, bn_weight, xs, rs, mean, invstd);
   const int64_t B = ids.size(0), T = ids.size(1), H = weight.size(0);
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, T, H}), "zoo_cell_backward: grad_out must be (", B,
-                    ", ", T, ", ", H, "), got ", grad_out.sizes());
-  TORCH_CHECK_VALUE(grad_hT.sizes() == at::IntArrayRef({B, H}), "zoo_cell_backward: grad_h_T must be (", B, ", ",
-                    H, "), got ", grad_hT.sizes());
-  TORCH_CHECK_VALUE(xs.sizes() == at::IntArrayRef({T, B, H}) && rs.sizes() == xs.sizes() &&
-                        mean.sizes() == at::IntArrayRef({T, H}) && invstd.sizes() == mean.sizes(),
-                    "zoo_cell_backward: saved tensors have wrong shapes");
-  const Tensor* all[] = {&grad_out, &grad_hT, &ids, &weight, &bn_weight, &xs, &rs, &mean, &invstd};
-  for (const Tensor* t : all) {
-    TORCH_CHECK(t->is_contiguous(), "zoo_cell_backward: all inputs must be contiguous");
-    TORCH_CHECK(t->device() == weight.device(), "zoo_cell_backward: all inputs must be on one device");
-    if (t != &ids)
-      TORCH_CHECK_TYPE(t->scalar_type() == weight.scalar_type(), "zoo_cell_backward: all float inputs must share a dtype");
-  }
   check_ids(ids, vocab_size);
   auto opts = weight.options();
   auto gz = hnrnn::empty_output({T, B, H}, opts);

@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "../op_checks.h"
 #include "rnn_math.h"
 
 namespace hnrnn {
@@ -297,18 +298,6 @@ void launch_persistent(Kernel kernel, size_t smem, int64_t B, cudaStream_t strea
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check(const at::Tensor& gates_x, const at::Tensor& h0, const at::Tensor& w_hh,
-           const c10::optional<at::Tensor>& b_hh, int64_t G) {
-  TORCH_CHECK(gates_x.dim() == 3 && h0.dim() == 2, "gates_x must be (T, B, G*H) and h0 (B, H)");
-  const int64_t B = gates_x.size(1), H = h0.size(1);
-  TORCH_CHECK(h0.size(0) == B && gates_x.size(2) == G * H, "gates_x / h0 shapes do not match");
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == G * H && w_hh.size(1) == H, "w_hh must be (", G * H, ", ", H, ")");
-  TORCH_CHECK(gates_x.scalar_type() == h0.scalar_type() && w_hh.scalar_type() == h0.scalar_type(),
-              "gates_x, h0 and w_hh must have the same dtype");
-  TORCH_CHECK(!b_hh.has_value() || (b_hh->numel() == G * H && b_hh->scalar_type() == h0.scalar_type()),
-              "b_hh must have ", G * H, " elements of the dtype of h0");
-}
-
 c10::optional<at::Tensor> device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& like) {
   if (!lengths.has_value()) return c10::nullopt;
   return lengths->to(like.device(), at::kLong).contiguous();
@@ -320,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
                                                             const c10::optional<at::Tensor>& b_hh, bool reverse,
                                                             const c10::optional<at::Tensor>& lengths) {
   constexpr int G = GRU ? 3 : 1;
-  check(gates_x_, h0_, w_hh_, b_hh, G);
+  check_recurrence_inputs(gates_x_, h0_, w_hh_, b_hh, lengths, G);
   c10::cuda::CUDAGuard guard(gates_x_.device());
   const at::Tensor gates_x = gates_x_.contiguous(), h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
@@ -363,12 +352,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
                                                              const at::Tensor& ws_, const at::Tensor& w_hh_,
                                                              bool reverse, const c10::optional<at::Tensor>& lengths) {
   constexpr int G = GRU ? 3 : 1;
+  check_recurrence_backward_inputs(grad_out_, grad_h_n_, ws_, w_hh_, lengths, G, GRU ? 5 : 2);
   c10::cuda::CUDAGuard guard(grad_out_.device());
   const at::Tensor grad_out = grad_out_.contiguous(), grad_h_n = grad_h_n_.contiguous();
   const at::Tensor ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
-  TORCH_CHECK(ws.size(0) == T && ws.size(1) == B && ws.size(2) == (GRU ? 5 : 2) * H, "bad workspace shape");
-  TORCH_CHECK(grad_h_n.size(0) == B && grad_h_n.size(1) == H, "bad grad_h_n shape");
   const auto len = device_lengths(lengths, grad_out);
   at::Tensor dgx = empty_output({T, B, G * H}, grad_out.options());
   at::Tensor dgh = GRU ? empty_output({T, B, G * H}, grad_out.options()) : dgx;

@@ -19,6 +19,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <math_constants.h>
 
+#include "../op_checks.h"
 #include "zoo_cell.h"
 
 namespace {
@@ -327,17 +328,6 @@ __global__ void segment_sum_kernel(const scalar_t* __restrict__ src, const int64
 // ------------------------------------------------------------------------------------------
 // Host side
 // ------------------------------------------------------------------------------------------
-void check_cuda_inputs(std::initializer_list<std::pair<const char*, const Tensor*>> tensors, const Tensor& like) {
-  for (const auto& [name, t] : tensors) {
-    TORCH_CHECK(t->is_cuda() && t->device() == like.device(), "zoo_cell: ", name, " is on ", t->device(),
-                " but expected ", like.device());
-    TORCH_CHECK(t->is_contiguous(), "zoo_cell: ", name, " must be contiguous");
-    if (std::string(name) != "ids")
-      TORCH_CHECK_TYPE(t->scalar_type() == like.scalar_type(), "zoo_cell: ", name, " has dtype ", t->scalar_type(),
-                       " but expected ", like.scalar_type());
-  }
-}
-
 size_t persistent_smem_bytes(int64_t B, int64_t H, size_t elem) { return (H * H + 2 * B * H + 2 * H) * elem; }
 
 bool use_persistent(int64_t B, int64_t H, size_t elem) {
@@ -357,20 +347,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
     const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
     bool norm_state, bool training, double momentum, double eps) {
-  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "zoo_cell: ids must be int64, got ", ids.scalar_type());
-  TORCH_CHECK_VALUE(ids.dim() == 2 && ids.size(1) >= 1, "zoo_cell: ids must be (B, T) with T >= 1, got ", ids.sizes());
-  TORCH_CHECK_VALUE(h0.dim() == 2 && h0.size(0) == ids.size(0), "zoo_cell: h0 must be (B, H), got ", h0.sizes());
+  hnrnn::zoo::check_forward_inputs(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
+                                   training);
   const int64_t B = ids.size(0), T = ids.size(1), H = h0.size(1), V = emb.size(0);
-  TORCH_CHECK_VALUE(emb.dim() == 2 && emb.size(1) == H && weight.sizes() == at::IntArrayRef({H, H}) &&
-                        bias.sizes() == at::IntArrayRef({H}) && bn_weight.sizes() == bias.sizes() &&
-                        bn_bias.sizes() == bias.sizes() && running_mean.sizes() == bias.sizes() &&
-                        running_var.sizes() == bias.sizes(),
-                    "zoo_cell: expected emb (V, H), weight (H, H) and (H,) vectors for H = ", H);
-  TORCH_CHECK_VALUE(!training || B > 1, "Expected more than 1 value per channel when training, got input size [", B,
-                    ", ", H, "]");
-  check_cuda_inputs({{"ids", &ids}, {"h0", &h0}, {"emb", &emb}, {"weight", &weight}, {"bias", &bias},
-                     {"bn_weight", &bn_weight}, {"bn_bias", &bn_bias}, {"running_mean", &running_mean},
-                     {"running_var", &running_var}}, h0);
   const c10::cuda::CUDAGuard guard(h0.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto out = hnrnn::empty_output({B, T, H}, h0.options());
@@ -398,10 +377,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
       return;
     }
     const int64_t BH = B * H;
-    gather_x_kernel<scalar_t><<<(BH + 255) / 256, 256, 0, stream>>>(
-        ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), H, emb.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), 0, B,
-        T, H, V);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (BH > 0) {  // a grid of zero blocks is an invalid launch
+      gather_x_kernel<scalar_t><<<(BH + 255) / 256, 256, 0, stream>>>(
+          ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), H, emb.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), 0,
+          B, T, H, V);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     const auto wt = weight.t();
     const dim3 block(kColsPerBlock, kRowLanes), grid((H + kColsPerBlock - 1) / kColsPerBlock);
     for (int64_t t = 0; t < T; ++t) {
@@ -424,16 +405,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
     const Tensor& grad_out, const Tensor& grad_hT, const Tensor& ids, int64_t vocab_size, const Tensor& weight,
     const Tensor& bn_weight, const Tensor& xs, const Tensor& rs, const Tensor& mean, const Tensor& invstd,
     bool norm_state, bool training) {
-  TORCH_CHECK_TYPE(ids.scalar_type() == at::kLong, "zoo_cell_backward: ids must be int64");
-  TORCH_CHECK_VALUE(ids.dim() == 2 && xs.dim() == 3, "zoo_cell_backward: ids must be (B, T), xs (T, B, H)");
+  hnrnn::zoo::check_backward_inputs(grad_out, grad_hT, ids, weight, bn_weight, xs, rs, mean, invstd);
   const int64_t B = ids.size(0), T = ids.size(1), H = weight.size(0);
-  TORCH_CHECK_VALUE(grad_out.sizes() == at::IntArrayRef({B, T, H}) && grad_hT.sizes() == at::IntArrayRef({B, H}) &&
-                        xs.sizes() == at::IntArrayRef({T, B, H}) && rs.sizes() == xs.sizes() &&
-                        mean.sizes() == at::IntArrayRef({T, H}) && invstd.sizes() == mean.sizes(),
-                    "zoo_cell_backward: inputs have wrong shapes");
-  check_cuda_inputs({{"grad_out", &grad_out}, {"grad_h_T", &grad_hT}, {"ids", &ids}, {"weight", &weight},
-                     {"bn_weight", &bn_weight}, {"xs", &xs}, {"rs", &rs}, {"mean", &mean}, {"invstd", &invstd}},
-                    weight);
   const c10::cuda::CUDAGuard guard(weight.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto opts = weight.options();
@@ -476,7 +449,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
   auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto offsets = at::searchsorted(std::get<0>(sorted), at::arange(vocab_size + 1, ids.options()));
   auto grad_emb = hnrnn::empty_output({vocab_size, H}, opts);
-  if (vocab_size > 0) {
+  if (vocab_size > 0 && H > 0) {  // (a grid of zero blocks is an invalid launch)
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_segment_sum", [&] {
       const dim3 grid(vocab_size, (H + 127) / 128);
       segment_sum_kernel<scalar_t><<<grid, 128, 0, stream>>>(gx.data_ptr<scalar_t>(),
