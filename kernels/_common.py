@@ -102,6 +102,9 @@ def block_sizes(B: int, H: int):
 RESIDENT_MAX_BLOCK_H = {(3, 2): 128, (3, 4): 64, (3, 8): 32,   # GRU: 16-bit, fp32, fp64
                         (1, 2): 256, (1, 4): 128, (1, 8): 64}  # vanilla RNN
 FORCE_STEP_PATH = False  # test hook: the per-step path at every size
+# Warps of the resident kernels: with 4 their dots spill (the float32 GRU forward at the seed
+# shape: 10 KB a thread, ptxas giving up at 32 registers), with 8 at most 660 bytes (sm_90).
+RESIDENT_NUM_WARPS = 8
 
 
 def resident(gates: int, H: int, dtype: torch.dtype) -> bool:
@@ -110,9 +113,10 @@ def resident(gates: int, H: int, dtype: torch.dtype) -> bool:
 
 
 def step_grid(B: int, H: int):
-    """(grid, BLOCK_B, BLOCK_H) of the per-step pointwise kernels: 2-D tiles over (B, H)."""
-    block_b = min(32, triton.next_power_of_2(B))
+    """(grid, BLOCK_B, BLOCK_H) of the per-step pointwise kernels: 2-D tiles of up to 1024 elements
+    over (B, H), 8 per thread (larger tiles spill: a dozen live (BLOCK_B, BLOCK_H) values)."""
     block_h = min(128, triton.next_power_of_2(H))
+    block_b = min(1024 // block_h, triton.next_power_of_2(B))
     return (triton.cdiv(B, block_b), triton.cdiv(H, block_h)), block_b, block_h
 
 

@@ -18,9 +18,9 @@ Launchers go through wrap_triton (_common) so the ops trace under torch.compile.
 import triton
 import triton.language as tl
 
-from hnrnn.kernels._common import (backward_steps, bias_row, block_sizes, compute_dtype, dot_precision,
-                                   forward_steps, load_lengths, resident, tile, time_index, weight_tile,
-                                   wrap_triton)
+from hnrnn.kernels._common import (RESIDENT_NUM_WARPS, backward_steps, bias_row, block_sizes, compute_dtype,
+                                   dot_precision, forward_steps, load_lengths, resident, tile, time_index,
+                                   weight_tile, wrap_triton)
 
 
 @triton.jit
@@ -200,7 +200,7 @@ def gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths):
         lengths if lengths is not None else h0, out, h_n, ws, T, B, H,
         HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=reverse,
         ACC=compute_dtype(h0.dtype), PRECISION=dot_precision(h0.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h)
+        BLOCK_B=block_b, BLOCK_H=block_h, num_warps=RESIDENT_NUM_WARPS)
     return out, h_n, ws
 
 
@@ -219,7 +219,7 @@ def gru_backward(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
         grad_out, grad_h_n, ws, w_hh, lengths if lengths is not None else grad_h_n, dgx, dgh, dh0, T, B, H,
         HAS_LEN=lengths is not None, REVERSE=reverse,
         ACC=compute_dtype(grad_out.dtype), PRECISION=dot_precision(grad_out.dtype),
-        BLOCK_B=block_b, BLOCK_H=block_h)
+        BLOCK_B=block_b, BLOCK_H=block_h, num_warps=RESIDENT_NUM_WARPS)
     return dgx, dgh, dh0
 
 

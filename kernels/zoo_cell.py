@@ -32,16 +32,15 @@ from hnrnn.kernels._common import tile, weight_tile, wrap_triton
 SEQ_MAX_H = 128
 SEQ_MAX_SHARED_BYTES = 200 * 1024
 FORCE_STEP_PATH = False
+# W, h and a few (B, H) temporaries live in registers: with 4 warps the one-program and per-step
+# kernels spill (up to 3.8 KB a thread at the largest tiles, compiled for sm_90), with 8 at most a
+# few hundred bytes.
+NUM_WARPS = 8
 STEP_BLOCK_B = 128  # rows per block in the per-step kernels (tests lower it to cover several blocks)
 
 
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))  # tl.dot needs every dimension >= 16
-
-
-def _seq_warps(B: int, H: int) -> int:
-    # W, h and a few (B, H) temporaries live in registers: more warps for the larger tiles.
-    return 4 if _pow2(B) * _pow2(H) <= 4096 else 8
 
 
 def use_sequence_kernel(B: int, H: int) -> bool:
@@ -209,7 +208,7 @@ def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor
         wrap_triton(_fwd_seq_kernel)[(1,)](
             ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, out, hT, xs, rs, mean, invstd,
             B, T, H, V, momentum, eps, inv_b, unbias, NORM_STATE=norm_state, TRAINING=training,
-            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=_seq_warps(B, H))
+            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=NUM_WARPS)
         return out, hT, rm, rv, xs, rs, mean, invstd
     BLOCK_N = 32 if H <= 256 else 64
     BLOCK_B = min(_pow2(B), STEP_BLOCK_B)
@@ -225,7 +224,7 @@ def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor
             ids, h_prev, h_stride, emb, weight, bias, bn_weight, bn_bias, rm, rv,
             out[:, t], xs[t], rs[t], mean[t], invstd[t],
             t, B, T, H, V, momentum, eps, inv_b, unbias,
-            TRAINING=training, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=32, num_warps=4)
+            TRAINING=training, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=32, num_warps=NUM_WARPS)
     hT = (out[:, T - 1] if norm_state else rs[T - 1]).clone()
     return out, hT, rm, rv, xs, rs, mean, invstd
 
@@ -354,7 +353,7 @@ def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vo
         wrap_triton(_bwd_seq_kernel)[(1,)](
             grad_out, grad_h_T, weight, bn_weight, rs, mean, invstd, gz, gx, gh0, dgamma, dbeta,
             B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
-            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=_seq_warps(B, H))
+            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=NUM_WARPS)
     else:
         BLOCK_N = 32
         grid = (triton.cdiv(H, BLOCK_N),)
@@ -363,7 +362,7 @@ def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vo
             wrap_triton(_bwd_step_kernel)[grid](
                 grad_out[:, t], gh, rs[t], mean[t], invstd[t], bn_weight, gz[t], dgamma, dbeta,
                 B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
-                BLOCK_B=min(_pow2(B), STEP_BLOCK_B), BLOCK_N=BLOCK_N, num_warps=4)
+                BLOCK_B=min(_pow2(B), STEP_BLOCK_B), BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
             torch.mm(gz[t], weight, out=gx[t])
         gh0 = gx[0].clone()
     # After the loop: the large reductions over all T*B rows.

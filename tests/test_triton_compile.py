@@ -3,11 +3,17 @@
 The interpreter tier checks what the kernels compute; this checks what only the compiler sees:
 each kernel, at the configurations its launcher produces at the extremes of each path (the
 largest resident weights, the largest one-program zoo tiles, the per-step kernels), must compile
-for sm_90 and ask for no more shared memory than a block can have there. The launchers run on
+for sm_90, ask for no more shared memory than a block can have there, and keep its working set
+in registers (ptxas spills at most 1 KiB a thread: a kernel that spills more is a kernel whose
+tile or warp count is wrong, as the float32 GRU forward once spilled 10 KB). The launchers run on
 CPU tensors with their launches recorded instead of run (nothing here needs a GPU or the
-interpreter); triton ships the ptxas the compile step uses.
+interpreter); triton ships the ptxas that compiles them.
 """
 import os
+import re
+import shutil
+import subprocess
+import tempfile
 
 import pytest
 import torch
@@ -23,6 +29,8 @@ from hnrnn.kernels import _common, gru, rnn, zoo_cell  # noqa: E402
 
 SM90 = GPUTarget("cuda", 90, 32)
 SM90_SHARED_MEMORY = 232448  # bytes of shared memory one block can opt in to on H100 / H200 (227 KiB)
+MAX_SPILL_BYTES = 1024
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 _POINTER = {torch.float32: "*fp32", torch.float64: "*fp64", torch.bfloat16: "*bf16", torch.float16: "*fp16",
             torch.int64: "*i64", torch.int32: "*i32"}
 _OPTIONS = ("num_warps", "num_stages")
@@ -48,6 +56,18 @@ def _signature(kernel, args, kwargs):
         else:
             raise TypeError(f"{kernel.__name__}: cannot type argument {p.name}={v!r}")
     return signature, constexprs, {k: kwargs[k] for k in _OPTIONS if k in kwargs}
+
+
+def spill_stores(ptx: str) -> int:
+    """Bytes a thread spills to local memory, as ptxas -v reports it for sm_90a (Triton's target)."""
+    ptxas = PTXAS if os.path.exists(PTXAS) else shutil.which("ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        log = subprocess.run([ptxas, "-arch=sm_90a", "-v", path, "-o", os.devnull], capture_output=True, text=True,
+                             check=True).stderr
+    return int(re.search(r"(\d+) bytes spill stores", log).group(1))
 
 
 def recorded_launches(monkeypatch, run):
@@ -115,15 +135,18 @@ for _H in (16, 32, 64, 128):
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_kernels_compile_for_sm90_within_shared_memory(case, monkeypatch):
+def test_kernels_compile_for_sm90_within_shared_memory_and_registers(case, monkeypatch):
     launches = recorded_launches(monkeypatch, CASES[case])
     assert launches, f"{case}: no kernel launched"
     for kernel, signature, constexprs, options in launches:
         compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=SM90,
                                   options=options)
+        what = f"{kernel.__name__} {constexprs} {options}"
         assert compiled.metadata.shared <= SM90_SHARED_MEMORY, (
-            f"{kernel.__name__} {constexprs} asks for {compiled.metadata.shared} bytes of shared memory; "
+            f"{what} asks for {compiled.metadata.shared} bytes of shared memory; "
             f"a block gets at most {SM90_SHARED_MEMORY} on sm_90")
+        spilled = spill_stores(compiled.asm["ptx"])
+        assert spilled <= MAX_SPILL_BYTES, f"{what} spills {spilled} bytes a thread (at most {MAX_SPILL_BYTES})"
 
 
 def test_resident_cases_launch_the_resident_kernels(monkeypatch):
