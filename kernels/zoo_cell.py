@@ -73,7 +73,7 @@ def _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, cols, t, B, T, H, V):
 
 @triton.jit
 def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr,
-                    out_ptr, hT_ptr, xs_ptr, rs_ptr, mean_ptr, invstd_ptr,
+                    out_ptr, hT_ptr, xs_ptr, rs_ptr, mean_ptr, invstd_ptr, rm_out_ptr, rv_out_ptr,
                     B, T, H, V, momentum, eps, inv_b, unbias,
                     NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
@@ -115,8 +115,8 @@ def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_
         else:
             h = r
     tl.store(hT_ptr + bh, h, mask=m2)
-    tl.store(rm_ptr + cols, rm, mask=mc)  # rm_ptr / rv_ptr are the output copies
-    tl.store(rv_ptr + cols, rv, mask=mc)
+    tl.store(rm_out_ptr + cols, rm, mask=mc)  # the updated running statistics (in eval, a copy)
+    tl.store(rv_out_ptr + cols, rv, mask=mc)
 
 
 @triton.jit
@@ -199,17 +199,19 @@ def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor
     rs = h0.new_empty(T, B, H)
     mean = h0.new_empty(T, H)
     invstd = h0.new_empty(T, H)
-    rm = running_mean.clone()
-    rv = running_var.clone()
     inv_b = 1.0 / B
     unbias = B / (B - 1) if B > 1 else 1.0
     if use_sequence_kernel(B, H):
         hT = h0.new_empty(B, H)
+        rm = running_mean.new_empty(H)  # written by the kernel: no copies of the inputs
+        rv = running_var.new_empty(H)
         wrap_triton(_fwd_seq_kernel)[(1,)](
-            ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, out, hT, xs, rs, mean, invstd,
-            B, T, H, V, momentum, eps, inv_b, unbias, NORM_STATE=norm_state, TRAINING=training,
+            ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var, out, hT, xs, rs, mean,
+            invstd, rm, rv, B, T, H, V, momentum, eps, inv_b, unbias, NORM_STATE=norm_state, TRAINING=training,
             BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=NUM_WARPS)
         return out, hT, rm, rv, xs, rs, mean, invstd
+    rm = running_mean.clone()  # the per-step kernels update these step by step
+    rv = running_var.clone()
     BLOCK_N = 32 if H <= 256 else 64
     BLOCK_B = min(_pow2(B), STEP_BLOCK_B)
     grid = (triton.cdiv(H, BLOCK_N),)

@@ -8,7 +8,8 @@ from hnrnn import reference
 from hnrnn.ops import _backend
 from hnrnn.ops.zoo_cell import zoo_cell_sequence, zoo_cell_step
 
-from zoo_cell_cases import MODES, assert_all_close, check_backend, fused, make_inputs, reference_fn, run, seed_loop
+from zoo_cell_cases import (MODES, assert_all_close, check_backend, check_op_running_statistics, fused, make_inputs,
+                             reference_fn, run, seed_loop)
 
 needs_cpu_ext = pytest.mark.skipif(_backend.unavailable_reason("cpu", torch.device("cpu")) is not None,
                                    reason="hnrnn._C is not built")
@@ -86,6 +87,11 @@ def test_gradcheck_registered_autograd_of_the_op(norm_state, training):
         return res[0], res[1]
 
     assert torch.autograd.gradcheck(fn, inputs[:6], eps=1e-6, atol=1e-6)
+
+
+@needs_cpu_ext
+def test_op_running_statistics_outputs():
+    check_op_running_statistics(torch.ops.hnrnn.zoo_cell_forward.default)
 
 
 @needs_cpu_ext

@@ -7,7 +7,7 @@ import torch
 from hnrnn.ops import _backend
 from hnrnn.ops.zoo_cell import zoo_cell_sequence
 
-from zoo_cell_cases import MODES, check_backend, fused, make_inputs, run
+from zoo_cell_cases import MODES, check_backend, check_op_running_statistics, fused, make_inputs, run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # see tests/conftest.py
 
@@ -38,6 +38,14 @@ def test_gpu_deterministic(backend):
     b = run(fused(backend), ids, f32, True, True)
     for x, y in zip(a[0] + a[1], b[0] + b[1]):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("H", [9, 300])  # one-program / persistent and per-step paths
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_op_running_statistics_outputs(backend, H):
+    from hnrnn.ops.zoo_cell import _triton_forward_op
+    op = _triton_forward_op() if backend == "triton" else torch.ops.hnrnn.zoo_cell_forward.default
+    check_op_running_statistics(op, device="cuda", dtype=torch.float32, H=H)
 
 
 def test_gpu_opcheck():

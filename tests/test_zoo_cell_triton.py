@@ -7,7 +7,7 @@ import torch
 
 from hnrnn.ops.zoo_cell import zoo_cell_sequence, zoo_cell_step
 
-from zoo_cell_cases import MODES, check_backend, fused, make_inputs, run
+from zoo_cell_cases import MODES, check_backend, check_op_running_statistics, fused, make_inputs, run
 
 pytestmark = pytest.mark.interpreter
 
@@ -40,6 +40,13 @@ def test_triton_batch_of_one_in_eval(kernels, force_step):
     kernels.FORCE_STEP_PATH = force_step
     check_backend("triton", 1, 3, 7, True, False)
     check_backend("triton", 1, 3, 7, False, False)
+
+
+@pytest.mark.parametrize("force_step", [False, True])
+def test_triton_op_running_statistics_outputs(kernels, force_step):
+    from hnrnn.ops.zoo_cell import _triton_forward_op
+    kernels.FORCE_STEP_PATH = force_step
+    check_op_running_statistics(_triton_forward_op(), dtype=torch.float32)
 
 
 def test_triton_step_entry_point():

@@ -127,3 +127,20 @@ def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu", st
     for name, t in zip(NAMES, truth[0] + truth[1]):
         bound = 8 * max(e[name] for e in torch_errs) + 1e-6 * (1 + t.abs().max().item())
         assert errs[name] <= bound, f"{what} float32 {name}: error {errs[name]:.3g} > bound {bound:.3g}"
+
+
+def check_op_running_statistics(op, device="cpu", dtype=torch.float64, B=6, T=4, H=9):
+    """The forward op itself (the entry points hand back the inputs in eval, so only this sees
+    the op's own running-statistics outputs): training gives the reference's update, eval an
+    exact copy; both in new tensors, the inputs untouched."""
+    ids, floats = make_inputs(B, T, H, dtype=dtype, device=device)
+    before = [f.clone() for f in floats[6:]]
+    for training in (True, False):
+        rm, rv = op(ids, *floats, False, training, 0.3, 1e-3)[2:4]
+        want = reference.zoo_cell_sequence(ids, *floats, False, training, 0.3, 1e-3)[2:4] if training else before
+        for got, expected, given in zip((rm, rv), want, floats[6:]):
+            assert got.data_ptr() != given.data_ptr(), "the op must return new running-statistics tensors"
+            torch.testing.assert_close(got, expected, rtol=1e-6 if dtype == torch.float32 else 1e-12,
+                                       atol=0 if not training else 1e-6)
+    for given, kept in zip(floats[6:], before):
+        torch.testing.assert_close(given, kept, rtol=0, atol=0)

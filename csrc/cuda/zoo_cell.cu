@@ -3,7 +3,7 @@
 // Persistent path (W and the (B, H) state fit in one SM's shared memory, H <= 128): one block
 // runs the whole time loop, forward and backward, with W, h / dh and the BatchNorm statistics in
 // shared memory; BatchNorm is per feature, so one thread per feature owns its statistics and
-// running buffers for all steps.
+// its running statistics (in registers for all steps, written once at the end).
 // Per-step path (anything larger): per step one cuBLAS GEMM plus one fused kernel (ReLU, batch
 // statistics, normalisation, running update, and the next step's h + E[ids]); backward per step
 // one fused BatchNorm/ReLU-backward kernel plus one GEMM dx = dz W.
@@ -71,10 +71,11 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) fwd_persistent_kernel(
     const int64_t* __restrict__ ids, const scalar_t* __restrict__ h0, const scalar_t* __restrict__ E,
     const scalar_t* __restrict__ W, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ gamma,
-    const scalar_t* __restrict__ beta, scalar_t* rm, scalar_t* rv, bool norm_state, bool training,
-    scalar_t momentum, scalar_t eps, int B, int T, int H, int64_t V, scalar_t* __restrict__ out,
-    scalar_t* __restrict__ hT, scalar_t* __restrict__ xs, scalar_t* __restrict__ rs,
-    scalar_t* __restrict__ mean_g, scalar_t* __restrict__ invstd_g) {
+    const scalar_t* __restrict__ beta, const scalar_t* __restrict__ rm_in, const scalar_t* __restrict__ rv_in,
+    bool norm_state, bool training, scalar_t momentum, scalar_t eps, int B, int T, int H, int64_t V,
+    scalar_t* __restrict__ out, scalar_t* __restrict__ hT, scalar_t* __restrict__ xs, scalar_t* __restrict__ rs,
+    scalar_t* __restrict__ mean_g, scalar_t* __restrict__ invstd_g, scalar_t* __restrict__ rm_out,
+    scalar_t* __restrict__ rv_out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   scalar_t* Wt = reinterpret_cast<scalar_t*>(smem_raw);  // Wt[k * H + j] = W[j][k]
   scalar_t* x = Wt + H * H;                              // h_{t-1}, then x_t (B x H)
@@ -84,10 +85,13 @@ __global__ void __launch_bounds__(kThreads) fwd_persistent_kernel(
   const int tid = threadIdx.x, nt = blockDim.x, BH = B * H;
   for (int i = tid; i < H * H; i += nt) Wt[(i % H) * H + i / H] = W[i];
   for (int i = tid; i < BH; i += nt) x[i] = h0[i];
+  // Thread j < H owns feature j's running statistics, in registers for the whole loop.
+  scalar_t run_mean = tid < H ? rm_in[tid] : scalar_t(0);
+  scalar_t run_var = tid < H ? rv_in[tid] : scalar_t(1);
   // eval: the running statistics, constant over the loop
   if (!training && tid < H) {
-    s_mean[tid] = rm[tid];
-    s_inv[tid] = scalar_t(1) / sqrt(rv[tid] + eps);
+    s_mean[tid] = run_mean;
+    s_inv[tid] = scalar_t(1) / sqrt(run_var + eps);
   }
   __syncthreads();
   for (int t = 0; t < T; ++t) {
@@ -113,8 +117,8 @@ __global__ void __launch_bounds__(kThreads) fwd_persistent_kernel(
       const scalar_t var = ss / B;
       s_mean[j] = mean;
       s_inv[j] = scalar_t(1) / sqrt(var + eps);
-      rm[j] = zc::running_update(rm[j], mean, momentum);
-      rv[j] = zc::running_update(rv[j], var * B / (B - 1), momentum);
+      run_mean = zc::running_update(run_mean, mean, momentum);
+      run_var = zc::running_update(run_var, var * B / (B - 1), momentum);
     }
     __syncthreads();
     if (tid < H) {
@@ -132,6 +136,10 @@ __global__ void __launch_bounds__(kThreads) fwd_persistent_kernel(
     __syncthreads();
   }
   for (int i = tid; i < BH; i += nt) hT[i] = x[i];
+  if (tid < H) {  // the updated running statistics (in eval, a copy of the inputs)
+    rm_out[tid] = run_mean;
+    rv_out[tid] = run_var;
+  }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -353,29 +361,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   const c10::cuda::CUDAGuard guard(h0.device());
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto out = hnrnn::empty_output({B, T, H}, h0.options());
-  auto rm = running_mean.clone();
-  auto rv = running_var.clone();
   auto xs = hnrnn::empty_output({T, B, H}, h0.options());
   auto rs = hnrnn::empty_output({T, B, H}, h0.options());
   auto mean = hnrnn::empty_output({T, H}, h0.options());
   auto invstd = hnrnn::empty_output({T, H}, h0.options());
-  Tensor hT;
+  Tensor hT, rm, rv;
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cuda", [&] {
     const auto mom = static_cast<scalar_t>(momentum);
     const auto ep = static_cast<scalar_t>(eps);
     if (use_persistent(B, H, sizeof(scalar_t))) {
       hT = hnrnn::empty_output({B, H}, h0.options());
+      rm = hnrnn::empty_output({H}, h0.options());  // written by the kernel: no copies of the inputs
+      rv = hnrnn::empty_output({H}, h0.options());
       const size_t smem = persistent_smem_bytes(B, H, sizeof(scalar_t));
       allow_smem(fwd_persistent_kernel<scalar_t>, smem);
       fwd_persistent_kernel<scalar_t><<<1, kThreads, smem, stream>>>(
           ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
           bias.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), bn_bias.data_ptr<scalar_t>(),
-          rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>(), norm_state, training, mom, ep, B, T, H, V,
-          out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
-          mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>());
+          running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), norm_state, training, mom, ep, B, T,
+          H, V, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
+          mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
+    rm = running_mean.clone();  // the per-step kernels update these step by step
+    rv = running_var.clone();
     const int64_t BH = B * H;
     if (BH > 0) {  // a grid of zero blocks is an invalid launch
       gather_x_kernel<scalar_t><<<(BH + 255) / 256, 256, 0, stream>>>(
