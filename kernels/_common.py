@@ -137,6 +137,8 @@ def forward_steps(step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, w
     gh = W_hh h + b_hh, in the accumulation dtype, then one fused pointwise kernel (gates, output,
     workspace, next state). Returns h_n."""
     T, B, H = out.shape
+    if B * H == 0:  # nothing to compute (and no zero-size grid to launch)
+        return h0.clone()
     acc = accumulation_dtype(h0.dtype)
     w = w_hh.to(acc)
     b = None if b_hh is None else b_hh.to(acc)
@@ -160,6 +162,8 @@ def backward_steps(step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, 
     including dgh, and the direct part of dh_prev), then dh_prev += dG_h W_hh as one GEMM.
     Returns dh0."""
     T, B, H = grad_out.shape
+    if B * H == 0:  # nothing to compute (and no zero-size grid to launch)
+        return grad_h_n.clone()
     dtype = grad_out.dtype
     acc = accumulation_dtype(dtype)
     w = w_hh.to(acc)

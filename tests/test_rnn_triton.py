@@ -87,6 +87,24 @@ def test_triton_bfloat16_per_step_within_2x_of_torch_error(kind, monkeypatch):
     assert_within_2x_torch_error(got, theirs, truth, floor=1e-2)
 
 
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("T,B,H", [(3, 0, 4), (3, 2, 0), (0, 2, 4)])
+def test_triton_zero_sizes(kind, T, B, H, path):
+    G = 3 if kind == "gru" else 1
+    gx = torch.randn(T, B, G * H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(B, H, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(G * H, H, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(G * H, dtype=torch.float64, requires_grad=True)
+
+    def run(backend):
+        args = (gx, h0, w, b) if kind == "gru" else (gx, h0, w, b, "tanh")
+        op = ops.gru_recurrence if kind == "gru" else ops.rnn_recurrence
+        out, h = op(*args, False, None, backend)
+        loss = out.sum() + 2 * h.sum()
+        return [out, h, *torch.autograd.grad(loss, (gx, h0, w, b), allow_unused=True, materialize_grads=True)]
+    torch.testing.assert_close(run("triton"), run("reference"))
+
+
 def test_triton_packed_sequence_unsorted(path):
     ref, ours = make_pair("gru", 3, 5, "triton", num_layers=1, bidirectional=True)
     packed = pack_sequence([torch.randn(n, 3, dtype=torch.float64) for n in (2, 5, 1, 4)], enforce_sorted=False)
