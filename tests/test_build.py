@@ -1,5 +1,8 @@
 """The compiled extension builds and imports, CUDA half included where nvcc was available."""
 import os
+import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -14,6 +17,32 @@ def test_extension_imports():
 @pytest.mark.skipif(os.environ.get("HNRNN_EXPECT_CUDA") != "1", reason="set HNRNN_EXPECT_CUDA=1 (CI) to require the CUDA build")
 def test_cuda_half_compiled():
     assert _backend.extension().cuda_compiled(), "CUDA kernels were not compiled into hnrnn._C"
+
+
+def _cuobjdump():
+    """cuobjdump: triton's bundled copy (the toolkit here has only the compiler), else on PATH."""
+    try:
+        import triton
+        bundled = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    except ImportError:
+        bundled = ""
+    return bundled if os.path.exists(bundled) else shutil.which("cuobjdump")
+
+
+@pytest.mark.skipif(os.environ.get("HNRNN_EXPECT_CUDA") != "1", reason="set HNRNN_EXPECT_CUDA=1 (CI) to require the CUDA build")
+def test_cuda_kernels_keep_to_registers():
+    # A static check of the CUDA half without a GPU (like tests/test_triton_compile.py for the
+    # Triton kernels): no kernel of any compiled architecture spills to local memory or needs a stack.
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (it ships with triton's NVIDIA backend and the CUDA toolkit)")
+    report = subprocess.run([tool, "--dump-resource-usage", _backend.extension().__file__], capture_output=True,
+                            text=True, check=True).stdout
+    usage = re.findall(r"Function (\S+):\s+REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", report)
+    names = " ".join(name for name, *_ in usage)
+    assert "persistent_fwd_kernel" in names and "fwd_persistent_kernel" in names, "no CUDA kernels found in hnrnn._C"
+    spilling = [(name, stack, local) for name, _, stack, local in usage if int(stack) or int(local)]
+    assert not spilling, f"CUDA kernels using local memory (name, stack bytes, local bytes): {spilling}"
 
 
 def test_unknown_backend_is_a_clear_error():

@@ -27,7 +27,8 @@ namespace {
 using at::Tensor;
 namespace zc = hnrnn::zoo;
 
-constexpr int kThreads = 512;     // persistent kernels
+constexpr int kThreads = 512;     // persistent kernels: one block per SM (__launch_bounds__(kThreads, 1)
+                                  // lets them use 128 registers; the default budget of 64 spilled in fp64)
 constexpr int kRowsPerThread = 8; // register tile of the in-block matrix products: 8 rows x 1 column
 constexpr int kMaxPersistentH = 128;
 constexpr int kColsPerBlock = 32; // per-step kernels: 32 features x 8 row lanes
@@ -68,7 +69,7 @@ __device__ __forceinline__ void block_matmul(const scalar_t* A, const scalar_t* 
 // Persistent forward
 // ------------------------------------------------------------------------------------------
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) fwd_persistent_kernel(
+__global__ void __launch_bounds__(kThreads, 1) fwd_persistent_kernel(
     const int64_t* __restrict__ ids, const scalar_t* __restrict__ h0, const scalar_t* __restrict__ E,
     const scalar_t* __restrict__ W, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ gamma,
     const scalar_t* __restrict__ beta, const scalar_t* __restrict__ rm_in, const scalar_t* __restrict__ rv_in,
@@ -221,7 +222,7 @@ __global__ void fwd_step_kernel(const int64_t* __restrict__ ids, const scalar_t*
 // Persistent backward
 // ------------------------------------------------------------------------------------------
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) bwd_persistent_kernel(
+__global__ void __launch_bounds__(kThreads, 1) bwd_persistent_kernel(
     const scalar_t* __restrict__ gout, const scalar_t* __restrict__ ghT, const scalar_t* __restrict__ W,
     const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ rs, const scalar_t* __restrict__ mean_g,
     const scalar_t* __restrict__ invstd_g, bool norm_state, bool training, int B, int T, int H,
