@@ -157,10 +157,10 @@ def forward_steps(step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, w
     return h.to(h0.dtype)
 
 
-def backward_steps(step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, dgh, outputs, **constexprs):
+def backward_steps(step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, outputs, **constexprs):
     """The per-step backward: per step one fused pointwise kernel (gate gradients into `outputs`,
-    including dgh, and the direct part of dh_prev), then dh_prev += dG_h W_hh as one GEMM.
-    Returns dh0."""
+    the last of which is dG_h, and the direct part of dh_prev), then dh_prev += dG_h W_hh as one
+    GEMM. Returns dh0."""
     T, B, H = grad_out.shape
     if B * H == 0:  # nothing to compute (and no zero-size grid to launch)
         return grad_h_n.clone()
@@ -171,6 +171,7 @@ def backward_steps(step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, 
     carry = torch.empty_like(dh)
     if lengths is not None:  # active[t, b]: step t of sequence b ran
         active = (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+    dgh = outputs[-1]
     grid, block_b, block_h = step_grid(B, H)
     for s in range(T):
         t = s if reverse else T - 1 - s

@@ -210,8 +210,7 @@ def gru_backward(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
     dgx = grad_out.new_empty((T, B, 3 * H))
     dgh = grad_out.new_empty((T, B, 3 * H))
     if not resident(3, H, grad_out.dtype):
-        dh0 = backward_steps(_gru_bwd_step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, dgh,
-                             (dgx, dgh))
+        dh0 = backward_steps(_gru_bwd_step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, (dgx, dgh))
         return dgx, dgh, dh0
     dh0 = grad_h_n.new_empty((B, H))
     block_b, block_h = block_sizes(B, H)

@@ -155,8 +155,7 @@ def rnn_backward(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
     grad_out, grad_h_n, ws, w_hh = grad_out.contiguous(), grad_h_n.contiguous(), ws.contiguous(), w_hh.contiguous()
     dg = grad_out.new_empty((T, B, H))
     if not resident(1, H, grad_out.dtype):
-        dh0 = backward_steps(_rnn_bwd_step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, dg, (dg,),
-                             RELU=relu)
+        dh0 = backward_steps(_rnn_bwd_step_kernel, grad_out, grad_h_n, ws, w_hh, reverse, lengths, (dg,), RELU=relu)
         return dg, dh0
     dh0 = grad_h_n.new_empty((B, H))
     block_b, block_h = block_sizes(B, H)

@@ -70,22 +70,28 @@ def spill_stores(ptx: str) -> int:
     return int(re.search(r"(\d+) bytes spill stores", log).group(1))
 
 
+class _Recorder:
+    """Stands in for wrap_triton(kernel): kernel[grid](*args, **kwargs) records the launch into
+    `launches` (once per distinct configuration) instead of running it."""
+
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        return self.record
+
+    def record(self, *args, **kwargs):
+        sig, const, opts = _signature(self.kernel, args, kwargs)
+        key = (self.kernel.__name__, tuple(sig.items()), tuple((k, str(v)) for k, v in const.items()),
+               tuple(opts.items()))
+        self.launches.setdefault(key, (self.kernel, sig, const, opts))
+
+
 def recorded_launches(monkeypatch, run):
     """The distinct kernel launches (kernel, signature, constexprs, options) that `run()` makes."""
     launches = {}
-
-    def record(kernel):
-        def launch_with_grid(grid):
-            def launch(*args, **kwargs):
-                sig, const, opts = _signature(kernel, args, kwargs)
-                key = (kernel.__name__, tuple(sig.items()), tuple((k, str(v)) for k, v in const.items()),
-                       tuple(opts.items()))
-                launches.setdefault(key, (kernel, sig, const, opts))
-            return launch
-        return type("Recorder", (), {"__getitem__": lambda self, grid: launch_with_grid(grid)})()
-
     for module in (_common, gru, rnn, zoo_cell):
-        monkeypatch.setattr(module, "wrap_triton", record)
+        monkeypatch.setattr(module, "wrap_triton", lambda kernel: _Recorder(kernel, launches))
     run()
     return list(launches.values())
 

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from hnrnn import reference
 from hnrnn.ops import _backend
-from hnrnn.ops._backend import BackendUnavailableError, extension, resolve
+from hnrnn.ops._backend import extension, resolve
 
 MODES = ("gru", "rnn_tanh", "rnn_relu")
 _WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
