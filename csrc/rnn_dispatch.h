@@ -67,4 +67,22 @@ inline std::tuple<at::Tensor, at::Tensor> recurrent_weight_grads(int64_t mode, c
   return {dgh2.t().mm(h_prev), dgh2.sum(0)};
 }
 
+#ifdef HNRNN_WITH_CUDA
+// csrc/cuda/rnn.cu: every layer of a unidirectional stack in one launch (the wavefront), when one
+// block's shared memory holds all their weights. weights: torch.nn's order, 2 or 4 per layer
+// (layer 0's W_ih and b_ih unused: gates_x0 is its input projection). Returns each layer's
+// output (T, B, H), h_n (L, B, H) and each layer's workspace (T, B, ws_width * H), as one
+// recurrence op per layer would.
+bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::ScalarType dtype, int device);
+std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_recurrence_cuda(
+    int64_t mode, const at::Tensor& gates_x0, const at::Tensor& hx, at::TensorList weights,
+    const c10::optional<at::Tensor>& lengths);
+// Its backward, the sequential part: grad_out of the top layer (T, B, H), grad_h_n (L, B, H),
+// each layer's workspace. Returns each layer's input and recurrent gate gradients (T, B, G * H;
+// for the RNN the same tensor) and dh0 (L, B, H); the weight gradients are GEMMs after it.
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> stack_recurrence_backward_cuda(
+    int64_t mode, const at::Tensor& grad_out, const at::Tensor& grad_h_n, at::TensorList ws, at::TensorList weights,
+    const c10::optional<at::Tensor>& lengths);
+#endif
+
 }  // namespace hnrnn

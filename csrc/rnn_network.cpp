@@ -18,6 +18,8 @@
 //    dropout noise of layers 1..L-1 (L-1; empty tensors where no dropout ran)].
 #include <torch/extension.h>
 
+#include <algorithm>
+
 #include "rnn_dispatch.h"
 
 namespace hnrnn {
@@ -71,6 +73,18 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
   check_network(input, hx, weights, mode, num_layers, bidirectional);
   const int64_t D = bidirectional ? 2 : 1;
   const bool bias = has_bias(weights, num_layers * D);
+#ifdef HNRNN_WITH_CUDA
+  // A unidirectional stack without dropout on the GPU: all layers in one launch (the wavefront).
+  if (input.is_cuda() && D == 1 && num_layers > 1 && !(train && dropout > 0) &&
+      stack_recurrence_fits(mode, num_layers, hx.size(2), input.scalar_type(), input.get_device())) {
+    const LayerWeights w0 = layer_weights(weights, 0, bias);
+    auto [outs, h_n, saved] = stack_recurrence_cuda(mode, at::linear(input, w0.w_ih, w0.b_ih), hx, weights, lengths);
+    // `saved` as the loop below leaves it: workspaces, the inputs of layers 1.., dropout noises
+    for (int64_t l = 0; l + 1 < num_layers; ++l) saved.push_back(outs[l]);
+    for (int64_t l = 0; l + 1 < num_layers; ++l) saved.push_back(at::empty({0}, input.options()));
+    return {outs[num_layers - 1], h_n, saved};
+  }
+#endif
   std::vector<Tensor> ws(num_layers * D), h_n(num_layers * D), layer_inputs, noises;
   Tensor x = input;
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -110,11 +124,39 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
   const int64_t T = input.size(0), B = input.size(1), H = grad_h_n.size(2), G = gates_of(mode);
   const int64_t n = bias ? 4 : 2;  // weights per layer and direction
   std::vector<Tensor> grad_weights(weights.size());
+  // The weight gradients of layer-direction k from its gate gradients: GEMMs / sums over all steps.
+  auto weight_grads = [&](int64_t k, const Tensor& dgx2, const Tensor& dgh, const Tensor& x2) {
+    auto [dw_hh, db_hh] = recurrent_weight_grads(mode, dgh, saved[k]);
+    grad_weights[k * n] = dgx2.t().mm(x2);
+    grad_weights[k * n + 1] = dw_hh;
+    if (bias) {
+      grad_weights[k * n + 2] = dgx2.sum(0);
+      grad_weights[k * n + 3] = db_hh;
+    }
+  };
+  auto layer_input = [&](int64_t l) { return l == 0 ? input : saved[LD + l - 1]; };
+#ifdef HNRNN_WITH_CUDA
+  // The stack's sequential parts in one launch on the GPU, as its forward (rnn_network above).
+  const bool dropout_ran = std::any_of(saved.begin() + LD + num_layers - 1, saved.end(),
+                                       [](const Tensor& noise) { return noise.numel() > 0; });
+  if (grad_output.is_cuda() && D == 1 && num_layers > 1 && !dropout_ran &&
+      stack_recurrence_fits(mode, num_layers, H, grad_output.scalar_type(), grad_output.get_device())) {
+    auto [dgx, dgh, dh0] =
+        stack_recurrence_backward_cuda(mode, grad_output, grad_h_n, saved.slice(0, LD), weights, lengths);
+    for (int64_t l = 0; l < num_layers; ++l) {
+      const Tensor x = layer_input(l);
+      weight_grads(l, dgx[l].view({T * B, G * H}), dgh[l], x.reshape({T * B, x.size(2)}));
+    }
+    const Tensor grad_input = input_grad ? dgx[0].view({T * B, G * H}).mm(weights[0]).view(input.sizes())
+                                         : at::zeros_like(input);
+    return {grad_input, dh0, grad_weights};
+  }
+#endif
   std::vector<Tensor> grad_hx(LD);
   Tensor grad_input;
   Tensor dy = grad_output;  // gradient of the current layer's output (T, B, D*H)
   for (int64_t l = num_layers - 1; l >= 0; --l) {
-    const Tensor x = l == 0 ? input : saved[LD + l - 1];
+    const Tensor x = layer_input(l);
     const int64_t I = x.size(2);
     const Tensor x2 = x.reshape({T * B, I});
     const bool need_dx = l > 0 || input_grad;  // dx of layer 0 only when the input wants it
@@ -126,13 +168,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
       auto [dgx, dgh, dh0] = call_recurrence_backward(mode, go, grad_h_n[k].contiguous(), saved[k], w.w_hh,
                                                       d == 1, lengths);
       const Tensor dgx2 = dgx.view({T * B, G * H});
-      auto [dw_hh, db_hh] = recurrent_weight_grads(mode, dgh, saved[k]);
-      grad_weights[k * n] = dgx2.t().mm(x2);
-      grad_weights[k * n + 1] = dw_hh;
-      if (bias) {
-        grad_weights[k * n + 2] = dgx2.sum(0);
-        grad_weights[k * n + 3] = db_hh;
-      }
+      weight_grads(k, dgx2, dgh, x2);
       grad_hx[k] = dh0;
       if (need_dx) dx = d == 0 ? dgx2.mm(w.w_ih) : dx.addmm_(dgx2, w.w_ih);
     }

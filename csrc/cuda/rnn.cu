@@ -1,6 +1,7 @@
 // CUDA kernels of the GRU / vanilla-RNN recurrences (one layer, one direction).
 //
-// Two paths, same results and the same workspace layout as the CPU kernels (csrc/cpu/rnn.cpp):
+// Two paths per layer, same results and the same workspace layout as the CPU kernels
+// (csrc/cpu/rnn.cpp), and a third for whole stacks:
 //  * persistent: when W_hh fits in one SM's shared memory (H up to ~128 in fp32 on H100),
 //    one launch runs the whole time loop. Each block owns kRows batch rows, loads W_hh into
 //    shared memory once and keeps its state there; per step: the recurrent mat-vec from
@@ -8,16 +9,18 @@
 //    does dh_prev = dh * z + dG_h W_hh per step.
 //  * per step: otherwise, one cuBLAS GEMM (at::mm_out / addmm_) plus one fused pointwise
 //    kernel per step.
+//  * stacked: every layer of a unidirectional stack in one persistent launch, a wavefront over
+//    the layers, forward and backward (stack_fwd_kernel, stack_bwd_kernel; csrc/rnn_network.cpp
+//    uses them when all the weights fit one SM).
 // fp32 / fp64, and fp16 / bf16 with fp32 state and accumulation (at::opmath_type).
 // Gate math: rnn_math.h, shared with the CPU kernels.
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
 
 #include "../op_checks.h"
+#include "../rnn_dispatch.h"
+#include "launch.h"
 #include "rnn_math.h"
 
 namespace hnrnn {
@@ -29,8 +32,8 @@ constexpr int kRows = 8;  // batch rows per block in the persistent kernels
 // ---------------------------------------------------------------- per-element gate math
 // Forward of unit j of one batch row; returns the new state. Masked (inactive) rows output
 // 0, keep the state and leave zeros / the state in the workspace.
-template <bool GRU, bool RELU, typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t fwd_element(bool active, int64_t H, int64_t j, const scalar_t* gx,
+template <bool GRU, bool RELU, typename acc_t, typename scalar_t, typename gx_t>
+__device__ __forceinline__ acc_t fwd_element(bool active, int64_t H, int64_t j, const gx_t* gx,
                                              const acc_t* gh, const scalar_t* bias, acc_t hp,
                                              scalar_t* out, scalar_t* ws) {
   if (GRU) {
@@ -72,8 +75,8 @@ __device__ __forceinline__ acc_t fwd_element(bool active, int64_t H, int64_t j, 
 // Backward of unit j of one batch row. dh: the gradient carried from step t+1. Writes the
 // gate gradients (dgx: input gates, dgh: recurrent gates; the same tensor for the RNN) and
 // returns the direct part of dh_prev (the W_hh^T part is added by the caller).
-template <bool GRU, bool RELU, typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t bwd_element(bool active, int64_t H, int64_t j, acc_t dh, const scalar_t* go,
+template <bool GRU, bool RELU, typename acc_t, typename scalar_t, typename go_t>
+__device__ __forceinline__ acc_t bwd_element(bool active, int64_t H, int64_t j, acc_t dh, const go_t* go,
                                              const scalar_t* ws, scalar_t* dgx, scalar_t* dgh, acc_t* dgh_acc) {
   if (GRU) {
     if (!active) {
@@ -122,16 +125,18 @@ persistent_fwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
   const int64_t GH = G * H;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* h_s = reinterpret_cast<acc_t*>(smem_raw);               // [kRows][H] state
+  acc_t* h_s = cuda::dynamic_shared<acc_t>();               // [kRows][H] state
   acc_t* gh_s = h_s + kRows * H;                                  // [kRows][GH] recurrent gates
-  scalar_t* wt_s = reinterpret_cast<scalar_t*>(gh_s + kRows * GH);  // [H][GH]: wt_s[k][row] = W[row][k]
+  // W transposed, rows padded to GH + 1 so that the copy below (consecutive k) hits distinct banks:
+  // wt_s[k * (GH + 1) + row] = W[row][k]
+  scalar_t* wt_s = reinterpret_cast<scalar_t*>(gh_s + kRows * GH);
+  const int64_t GHp = GH + 1;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int64_t nb = B - b0 < kRows ? B - b0 : kRows;
 
   for (int64_t i = threadIdx.x; i < GH * H; i += blockDim.x) {
     const int64_t row = i / H, k = i % H;
-    wt_s[k * GH + row] = w[i];
+    wt_s[k * GHp + row] = w[i];
   }
   for (int64_t i = threadIdx.x; i < kRows * H; i += blockDim.x) {
     const int64_t b = i / H;
@@ -147,7 +152,7 @@ persistent_fwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
 #pragma unroll
       for (int b = 0; b < kRows; ++b) acc[b] = acc_t(0);
       for (int64_t k = 0; k < H; ++k) {
-        const acc_t wv = acc_t(wt_s[k * GH + row]);
+        const acc_t wv = acc_t(wt_s[k * GHp + row]);
 #pragma unroll
         for (int b = 0; b < kRows; ++b) acc[b] += wv * h_s[b * H + k];
       }
@@ -175,8 +180,7 @@ persistent_bwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
   const int64_t GH = G * H;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  acc_t* dh_s = reinterpret_cast<acc_t*>(smem_raw);    // [kRows][H] carried gradient
+  acc_t* dh_s = cuda::dynamic_shared<acc_t>();         // [kRows][H] carried gradient
   acc_t* dpd_s = dh_s + kRows * H;                      // [kRows][H] direct part of dh_prev
   acc_t* dgh_s = dpd_s + kRows * H;                     // [kRows][GH] recurrent gate gradients
   scalar_t* w_s = reinterpret_cast<scalar_t*>(dgh_s + kRows * GH);  // [GH][H] = W as is
@@ -214,6 +218,193 @@ persistent_bwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
     __syncthreads();
   }
   for (int64_t i = threadIdx.x; i < nb * H; i += blockDim.x) dh0[b0 * H + i] = scalar_t(dh_s[i]);
+}
+
+// ---------------------------------------------------------------- stacked layers: the wavefront
+// Every layer of a unidirectional stack in one launch. Each block owns kRows batch rows in every
+// layer and keeps each layer's W_hh, and the W_ih of the layers above the first, in shared
+// memory. At tick s layer l runs its step s - l, beside layer l - 1 at step s - l + 1: its input
+// (layer l - 1's output at step s - l) is that layer's state after the previous tick, so the
+// activations between layers never leave the chip. Layer 0's input gates come from the one GEMM
+// before the launch. Same outputs and workspace layout as one persistent_fwd_kernel per layer.
+constexpr int kMaxStackLayers = 4;
+constexpr int kStackThreads = 512;
+
+template <typename scalar_t>
+struct StackLayers {  // per layer; w_ih[0] and b_ih[0] unused (layer 0's input gates come precomputed)
+  const scalar_t* w_hh[kMaxStackLayers];
+  const scalar_t* w_ih[kMaxStackLayers];
+  const scalar_t* b_hh[kMaxStackLayers];
+  const scalar_t* b_ih[kMaxStackLayers];
+  scalar_t* out[kMaxStackLayers];  // (T, B, H)
+  scalar_t* ws[kMaxStackLayers];   // (T, B, W * H)
+};
+
+template <bool GRU, bool RELU, typename scalar_t>
+__global__ void __launch_bounds__(kStackThreads)
+stack_fwd_kernel(int64_t L, int64_t T, int64_t B, int64_t H, const int64_t* __restrict__ len,
+                 const scalar_t* __restrict__ gx0, const scalar_t* __restrict__ h0, StackLayers<scalar_t> layers,
+                 scalar_t* __restrict__ h_n) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = GRU ? 3 : 1;
+  constexpr int W = GRU ? 5 : 2;
+  const int64_t GH = G * H, GHp = GH + 1;
+  acc_t* h_s = cuda::dynamic_shared<acc_t>();  // [L][kRows][H] states
+  acc_t* gh_s = h_s + L * kRows * H;           // [L][kRows][GH] recurrent gates
+  acc_t* gx_s = gh_s + L * kRows * GH;         // [L][kRows][GH] input gates of layers >= 1
+  // [2L - 1][H][GHp]: layer l's W_hh transposed at 2l, its W_ih at 2l - 1 (rows padded as in
+  // persistent_fwd_kernel)
+  scalar_t* wt_s = reinterpret_cast<scalar_t*>(gx_s + L * kRows * GH);
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int64_t nb = B - b0 < kRows ? B - b0 : kRows;
+
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t i = threadIdx.x; i < GH * H; i += blockDim.x) {
+      const int64_t row = i / H, k = i % H;
+      wt_s[(2 * l * H + k) * GHp + row] = layers.w_hh[l][i];
+      if (l > 0) wt_s[((2 * l - 1) * H + k) * GHp + row] = layers.w_ih[l][i];
+    }
+    for (int64_t i = threadIdx.x; i < kRows * H; i += blockDim.x) {
+      const int64_t b = i / H;
+      h_s[l * kRows * H + i] = b < nb ? acc_t(h0[(l * B + b0 + b) * H + i % H]) : acc_t(0);
+    }
+  }
+  __syncthreads();
+
+  for (int64_t s = 0; s < T + L - 1; ++s) {
+    // the mat-vecs of the layers running this tick: item (l, input?, row)
+    for (int64_t item = threadIdx.x; item < L * 2 * GH; item += blockDim.x) {
+      const int64_t l = item / (2 * GH), input = item % (2 * GH) / GH, row = item % GH;
+      if (s - l < 0 || s - l >= T || (input && l == 0)) continue;
+      const scalar_t* w = wt_s + ((input ? 2 * l - 1 : 2 * l) * H) * GHp;
+      const acc_t* h = h_s + (input ? l - 1 : l) * kRows * H;
+      acc_t acc[kRows];
+#pragma unroll
+      for (int b = 0; b < kRows; ++b) acc[b] = acc_t(0);
+      for (int64_t k = 0; k < H; ++k) {
+        const acc_t wv = acc_t(w[k * GHp + row]);
+#pragma unroll
+        for (int b = 0; b < kRows; ++b) acc[b] += wv * h[b * H + k];
+      }
+      const acc_t bias = input && layers.b_ih[l] ? acc_t(layers.b_ih[l][row]) : acc_t(0);
+      acc_t* dst = (input ? gx_s : gh_s) + l * kRows * GH;
+#pragma unroll
+      for (int b = 0; b < kRows; ++b) dst[b * GH + row] = acc[b] + bias;
+    }
+    __syncthreads();
+    // the gates of the layers running this tick
+    for (int64_t item = threadIdx.x; item < L * nb * H; item += blockDim.x) {
+      const int64_t l = item / (nb * H), i = item % (nb * H), b = i / H, j = i % H, gb = b0 + b;
+      const int64_t t = s - l;
+      if (t < 0 || t >= T) continue;
+      const int64_t r = t * B + gb;
+      const bool active = is_active(len, gb, t);
+      acc_t* h = h_s + l * kRows * H;
+      const acc_t* gh = gh_s + (l * kRows + b) * GH;
+      if (l == 0) {
+        h[i] = fwd_element<GRU, RELU, acc_t, scalar_t>(active, H, j, gx0 + r * GH, gh, layers.b_hh[0], h[i],
+                                                       layers.out[0] + r * H, layers.ws[0] + r * W * H);
+      } else {
+        h[i] = fwd_element<GRU, RELU, acc_t, scalar_t>(active, H, j, gx_s + (l * kRows + b) * GH, gh,
+                                                       layers.b_hh[l], h[i], layers.out[l] + r * H,
+                                                       layers.ws[l] + r * W * H);
+      }
+    }
+    __syncthreads();
+  }
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t i = threadIdx.x; i < nb * H; i += blockDim.x)
+      h_n[(l * B + b0) * H + i] = scalar_t(h_s[l * kRows * H + i]);
+}
+
+// Backward of the stack, the same wavefront from the top layer down: at tick s layer l runs its
+// step T - 1 - (s - (L - 1 - l)). The gradient reaching its output at that step, dx of layer
+// l + 1 = dG_x W_ih, was computed on chip by layer l + 1 one tick before. Only the sequential
+// parts are here (as in persistent_bwd_kernel); the weight gradients are GEMMs after the launch.
+template <typename scalar_t>
+struct StackGrads {  // per layer
+  const scalar_t* w_hh[kMaxStackLayers];
+  const scalar_t* w_ih[kMaxStackLayers];  // [0] unused
+  const scalar_t* ws[kMaxStackLayers];    // (T, B, W * H)
+  scalar_t* dgx[kMaxStackLayers];         // (T, B, GH)
+  scalar_t* dgh[kMaxStackLayers];         // (T, B, GH); the RNN: dgx itself
+};
+
+template <bool GRU, bool RELU, typename scalar_t>
+__global__ void __launch_bounds__(kStackThreads)
+stack_bwd_kernel(int64_t L, int64_t T, int64_t B, int64_t H, const int64_t* __restrict__ len,
+                 const scalar_t* __restrict__ go_top, const scalar_t* __restrict__ g_hn, StackGrads<scalar_t> layers,
+                 scalar_t* __restrict__ dh0) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = GRU ? 3 : 1;
+  constexpr int W = GRU ? 5 : 2;
+  const int64_t GH = G * H;
+  acc_t* dh_s = cuda::dynamic_shared<acc_t>();  // [L][kRows][H] carried gradients
+  acc_t* dpd_s = dh_s + L * kRows * H;          // [L][kRows][H] direct part of dh_prev
+  acc_t* dy_s = dpd_s + L * kRows * H;          // [L][kRows][H] gradient of layer l's output (l < L - 1)
+  acc_t* dgh_s = dy_s + L * kRows * H;          // [L][kRows][GH] recurrent gate gradients
+  // [2L - 1][GH][H], as in memory: layer l's W_hh at 2l, its W_ih at 2l - 1
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(dgh_s + L * kRows * GH);
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * kRows;
+  const int64_t nb = B - b0 < kRows ? B - b0 : kRows;
+
+  for (int64_t l = 0; l < L; ++l) {
+    for (int64_t i = threadIdx.x; i < GH * H; i += blockDim.x) {
+      w_s[2 * l * GH * H + i] = layers.w_hh[l][i];
+      if (l > 0) w_s[(2 * l - 1) * GH * H + i] = layers.w_ih[l][i];
+    }
+    for (int64_t i = threadIdx.x; i < kRows * H; i += blockDim.x) {
+      const int64_t b = i / H;
+      dh_s[l * kRows * H + i] = b < nb ? acc_t(g_hn[(l * B + b0 + b) * H + i % H]) : acc_t(0);
+    }
+  }
+  __syncthreads();
+
+  for (int64_t s = 0; s < T + L - 1; ++s) {
+    // the gates of the layers running this tick
+    for (int64_t item = threadIdx.x; item < L * nb * H; item += blockDim.x) {
+      const int64_t l = item / (nb * H), i = item % (nb * H), b = i / H, j = i % H, gb = b0 + b;
+      const int64_t t = T - 1 - (s - (L - 1 - l));
+      if (t < 0 || t >= T) continue;
+      const int64_t r = t * B + gb;
+      const bool active = is_active(len, gb, t);
+      acc_t g3[3];
+      const acc_t dh = dh_s[l * kRows * H + i];
+      scalar_t* dgx = layers.dgx[l] + r * GH;
+      scalar_t* dgh = GRU ? layers.dgh[l] + r * GH : dgx;
+      const scalar_t* ws = layers.ws[l] + r * W * H;
+      dpd_s[l * kRows * H + i] =
+          l == L - 1 ? bwd_element<GRU, RELU, acc_t, scalar_t>(active, H, j, dh, go_top + r * H, ws, dgx, dgh, g3)
+                     : bwd_element<GRU, RELU, acc_t, scalar_t>(active, H, j, dh, dy_s + (l * kRows + b) * H, ws, dgx,
+                                                               dgh, g3);
+#pragma unroll
+      for (int g = 0; g < G; ++g) dgh_s[(l * kRows + b) * GH + g * H + j] = g3[g];
+    }
+    __syncthreads();
+    // the mat-vecs: dh_prev = direct + dG_h W_hh, and the layer below's output gradient dG_x W_ih
+    // (dG_x as written above, in scalar_t, as the per-layer path's GEMM reads it)
+    for (int64_t item = threadIdx.x; item < L * 2 * nb * H; item += blockDim.x) {
+      const int64_t l = item / (2 * nb * H), input = item % (2 * nb * H) / (nb * H), i = item % (nb * H);
+      const int64_t b = i / H, k = i % H, t = T - 1 - (s - (L - 1 - l));
+      if (t < 0 || t >= T || (input && l == 0)) continue;
+      const scalar_t* w = w_s + (input ? 2 * l - 1 : 2 * l) * GH * H;
+      if (input) {
+        const scalar_t* dgx = layers.dgx[l] + (t * B + b0 + b) * GH;
+        acc_t acc = acc_t(0);
+        for (int64_t row = 0; row < GH; ++row) acc += acc_t(dgx[row]) * acc_t(w[row * H + k]);
+        dy_s[((l - 1) * kRows + b) * H + k] = acc;
+      } else {
+        const acc_t* dgh = dgh_s + (l * kRows + b) * GH;
+        acc_t acc = dpd_s[l * kRows * H + i];
+        for (int64_t row = 0; row < GH; ++row) acc += dgh[row] * acc_t(w[row * H + k]);
+        dh_s[l * kRows * H + i] = acc;
+      }
+    }
+    __syncthreads();
+  }
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t i = threadIdx.x; i < nb * H; i += blockDim.x)
+      dh0[(l * B + b0) * H + i] = scalar_t(dh_s[l * kRows * H + i]);
 }
 
 // ---------------------------------------------------------------- per-step kernels
@@ -273,16 +464,20 @@ __global__ void step_bwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
 }
 
 // ---------------------------------------------------------------- host side
-int64_t max_smem_optin(int device) {
-  int v = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return v;
-}
-
 template <typename scalar_t>
 size_t fwd_smem_bytes(int64_t H, int G) {
   using acc_t = at::opmath_type<scalar_t>;
-  return (kRows * H + kRows * G * H) * sizeof(acc_t) + G * H * H * sizeof(scalar_t);
+  return (kRows * H + kRows * G * H) * sizeof(acc_t) + H * (G * H + 1) * sizeof(scalar_t);  // wt_s padded
+}
+template <typename scalar_t>
+size_t stack_smem_bytes(int64_t L, int64_t H, int G) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return L * kRows * (H + 2 * G * H) * sizeof(acc_t) + (2 * L - 1) * H * (G * H + 1) * sizeof(scalar_t);
+}
+template <typename scalar_t>
+size_t stack_bwd_smem_bytes(int64_t L, int64_t H, int G) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return L * kRows * (3 * H + G * H) * sizeof(acc_t) + (2 * L - 1) * G * H * H * sizeof(scalar_t);
 }
 template <typename scalar_t>
 size_t bwd_smem_bytes(int64_t H, int G) {
@@ -290,13 +485,7 @@ size_t bwd_smem_bytes(int64_t H, int G) {
   return (2 * kRows * H + kRows * G * H) * sizeof(acc_t) + G * H * H * sizeof(scalar_t);
 }
 
-template <typename Kernel, typename... Args>
-void launch_persistent(Kernel kernel, size_t smem, int64_t B, cudaStream_t stream, Args... args) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  const int blocks = static_cast<int>((B + kRows - 1) / kRows);
-  kernel<<<blocks, kThreads, smem, stream>>>(args...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+int persistent_blocks(int64_t B) { return static_cast<int>((B + kRows - 1) / kRows); }
 
 c10::optional<at::Tensor> device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& like) {
   if (!lengths.has_value()) return c10::nullopt;
@@ -310,7 +499,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
                                                             const c10::optional<at::Tensor>& lengths) {
   constexpr int G = GRU ? 3 : 1;
   check_recurrence_inputs(gates_x_, h0_, w_hh_, b_hh, lengths, G);
-  c10::cuda::CUDAGuard guard(gates_x_.device());
+  cuda::DeviceGuard guard(gates_x_.device());
   const at::Tensor gates_x = gates_x_.contiguous(), h0 = h0_.contiguous(), w_hh = w_hh_.contiguous();
   const at::Tensor bias = b_hh.has_value() ? b_hh->contiguous() : at::Tensor();
   const auto len = device_lengths(lengths, gates_x);
@@ -319,15 +508,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
   at::Tensor ws = empty_output({T, B, (GRU ? 5 : 2) * H}, h0.options());
   at::Tensor h_n = empty_output({B, H}, h0.options());
   if (T == 0 || B == 0) return std::make_tuple(out, h0.clone(), ws);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = cuda::current_stream();
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h0.scalar_type(), "hnrnn_recurrence_cuda", [&] {
     const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
     const size_t smem = fwd_smem_bytes<scalar_t>(H, G);
-    if (static_cast<int64_t>(smem) <= max_smem_optin(gates_x.get_device())) {
-      launch_persistent(persistent_fwd_kernel<GRU, RELU, scalar_t>, smem, B, stream, T, B, H, reverse, lp,
-                        gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bp,
-                        out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>());
+    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(gates_x.get_device())) {
+      cuda::launch(persistent_fwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
+                   H, reverse, lp, gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                   bp, out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>());
     } else {
       h_n.copy_(h0);  // the running state
       at::Tensor gh = empty_output({B, G * H}, h0.options());
@@ -336,11 +525,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
       for (int64_t s = 0; s < T; ++s) {
         const int64_t t = reverse ? T - 1 - s : s;
         at::mm_out(gh, h_n, w_t);
-        step_fwd_kernel<GRU, RELU, scalar_t><<<blocks, kThreads, 0, stream>>>(
-            B, H, t, lp, gates_x.data_ptr<scalar_t>() + t * B * G * H, gh.data_ptr<scalar_t>(), bp,
-            h_n.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + t * B * H,
-            ws.data_ptr<scalar_t>() + t * B * (GRU ? 5 : 2) * H);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::launch(step_fwd_kernel<GRU, RELU, scalar_t>, blocks, kThreads, 0, stream, B, H, t, lp,
+                     gates_x.data_ptr<scalar_t>() + t * B * G * H, gh.data_ptr<scalar_t>(), bp,
+                     h_n.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + t * B * H,
+                     ws.data_ptr<scalar_t>() + t * B * (GRU ? 5 : 2) * H);
       }
     }
   });
@@ -353,7 +541,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
                                                              bool reverse, const c10::optional<at::Tensor>& lengths) {
   constexpr int G = GRU ? 3 : 1;
   check_recurrence_backward_inputs(grad_out_, grad_h_n_, ws_, w_hh_, lengths, G, GRU ? 5 : 2);
-  c10::cuda::CUDAGuard guard(grad_out_.device());
+  cuda::DeviceGuard guard(grad_out_.device());
   const at::Tensor grad_out = grad_out_.contiguous(), grad_h_n = grad_h_n_.contiguous();
   const at::Tensor ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
@@ -362,30 +550,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
   at::Tensor dgh = GRU ? empty_output({T, B, G * H}, grad_out.options()) : dgx;
   at::Tensor dh0 = empty_output({B, H}, grad_out.options());
   if (T == 0 || B == 0) return std::make_tuple(dgx, dgh, grad_h_n.clone());
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = cuda::current_stream();
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "hnrnn_recurrence_backward_cuda",
                                   [&] {
     const size_t smem = bwd_smem_bytes<scalar_t>(H, G);
-    if (static_cast<int64_t>(smem) <= max_smem_optin(grad_out.get_device())) {
-      launch_persistent(persistent_bwd_kernel<GRU, RELU, scalar_t>, smem, B, stream, T, B, H, reverse, lp,
-                        grad_out.data_ptr<scalar_t>(), grad_h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(),
-                        w_hh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(),
-                        dh0.data_ptr<scalar_t>());
+    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(grad_out.get_device())) {
+      cuda::launch(persistent_bwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
+                   H, reverse, lp, grad_out.data_ptr<scalar_t>(), grad_h_n.data_ptr<scalar_t>(),
+                   ws.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(),
+                   dgh.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>());
     } else {
-      dh0.copy_(grad_h_n);  // the carried gradient
-      at::Tensor dprev = empty_output({B, H}, grad_out.options());
+      // The carried gradient and the next one, swapped each step (no copy between them).
+      at::Tensor carried = grad_h_n.clone(), next = empty_output({B, H}, grad_out.options());
       const int blocks = static_cast<int>((B * H + kThreads - 1) / kThreads);
       for (int64_t s = T - 1; s >= 0; --s) {
         const int64_t t = reverse ? T - 1 - s : s;
-        step_bwd_kernel<GRU, RELU, scalar_t><<<blocks, kThreads, 0, stream>>>(
-            B, H, t, lp, dh0.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>() + t * B * H,
-            ws.data_ptr<scalar_t>() + t * B * (GRU ? 5 : 2) * H, dgx.data_ptr<scalar_t>() + t * B * G * H,
-            dgh.data_ptr<scalar_t>() + t * B * G * H, dprev.data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        dprev.addmm_(dgh[t], w_hh);  // dh_prev += dG_h W_hh
-        dh0.copy_(dprev);
+        cuda::launch(step_bwd_kernel<GRU, RELU, scalar_t>, blocks, kThreads, 0, stream, B, H, t, lp,
+                     carried.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>() + t * B * H,
+                     ws.data_ptr<scalar_t>() + t * B * (GRU ? 5 : 2) * H, dgx.data_ptr<scalar_t>() + t * B * G * H,
+                     dgh.data_ptr<scalar_t>() + t * B * G * H, next.data_ptr<scalar_t>());
+        next.addmm_(dgh[t], w_hh);  // dh_prev = direct part + dG_h W_hh
+        std::swap(carried, next);
       }
+      dh0 = carried;
     }
   });
   return std::make_tuple(dgx, dgh, dh0);
@@ -423,6 +611,140 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cuda(const at::Tensor
 }
 
 }  // namespace
+
+bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::ScalarType dtype, int device) {
+  if (num_layers < 1 || num_layers > kMaxStackLayers) return false;
+  size_t smem = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "hnrnn_stack_recurrence_fits", [&] {
+    smem = std::max(stack_smem_bytes<scalar_t>(num_layers, H, gates_of(mode)),
+                    stack_bwd_smem_bytes<scalar_t>(num_layers, H, gates_of(mode)));
+  });
+  return static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_recurrence_cuda(
+    int64_t mode, const at::Tensor& gates_x0, const at::Tensor& hx, at::TensorList weights,
+    const c10::optional<at::Tensor>& lengths) {
+  const int64_t G = gates_of(mode), W = ws_width_of(mode), L = hx.dim() == 3 ? hx.size(0) : 0;
+  TORCH_CHECK(mode == kGru || mode == kRnnTanh || mode == kRnnRelu, "stack_recurrence: unknown mode ", mode);
+  TORCH_CHECK_VALUE(hx.dim() == 3 && L >= 1, "stack_recurrence: hx must be (layers, B, H), got ", hx.sizes());
+  TORCH_CHECK_VALUE(weights.size() == static_cast<size_t>(2 * L) || weights.size() == static_cast<size_t>(4 * L),
+                    "stack_recurrence: expected 2 or 4 weight tensors per layer (", L, " layers), got ",
+                    weights.size());
+  const bool bias = weights.size() == static_cast<size_t>(4 * L);
+  const int64_t n = bias ? 4 : 2;
+  std::vector<at::Tensor> w(weights.size());  // contiguous, kept alive for the launch
+  for (int64_t l = 0; l < L; ++l) {
+    const c10::optional<at::Tensor> b_hh = bias ? c10::optional<at::Tensor>(weights[l * n + 3]) : c10::nullopt;
+    check_recurrence_inputs(gates_x0, hx[l], weights[l * n + 1], b_hh, lengths, G);  // W_hh, b_hh, hx[l]
+    for (int64_t q = 0; q < n; ++q) w[l * n + q] = weights[l * n + q].contiguous();
+    if (l == 0) continue;
+    const at::Tensor &w_ih = w[l * n], &w_hh = w[l * n + 1];
+    TORCH_CHECK_VALUE(w_ih.sizes() == w_hh.sizes(), "stack_recurrence: weight_ih of layer ", l, " must be ",
+                      w_hh.sizes(), " (its input is the layer below, of size H), got ", w_ih.sizes());
+    TORCH_CHECK_TYPE(w_ih.scalar_type() == w_hh.scalar_type(), "stack_recurrence: weight_ih of layer ", l,
+                     " has dtype ", w_ih.scalar_type(), " but weight_hh has ", w_hh.scalar_type());
+    TORCH_CHECK(w_ih.device() == w_hh.device(), "stack_recurrence: weight_ih of layer ", l, " is on ",
+                w_ih.device(), " but weight_hh is on ", w_hh.device());
+    if (bias) {
+      TORCH_CHECK_VALUE(w[l * n + 2].sizes() == w[l * n + 3].sizes() &&
+                            w[l * n + 2].scalar_type() == w_hh.scalar_type() &&
+                            w[l * n + 2].device() == w_hh.device(),
+                        "stack_recurrence: bias_ih of layer ", l, " must match bias_hh (", w[l * n + 3].sizes(),
+                        ", ", w_hh.scalar_type(), ", ", w_hh.device(), ")");
+    }
+  }
+  cuda::DeviceGuard guard(gates_x0.device());
+  const at::Tensor gx0 = gates_x0.contiguous(), h0 = hx.contiguous();
+  const auto len = device_lengths(lengths, gx0);
+  const int64_t T = gx0.size(0), B = gx0.size(1), H = h0.size(2);
+  TORCH_CHECK(stack_recurrence_fits(mode, L, H, h0.scalar_type(), gx0.get_device()), "stack_recurrence: ", L,
+              " layers of hidden size ", H, " do not fit one block's shared memory (run them one layer at a time)");
+  std::vector<at::Tensor> out(L), ws(L);  // one tensor each, as the recurrence ops of one layer return
+  for (int64_t l = 0; l < L; ++l) {
+    out[l] = empty_output({T, B, H}, h0.options());
+    ws[l] = empty_output({T, B, W * H}, h0.options());
+  }
+  at::Tensor h_n = empty_output({L, B, H}, h0.options());
+  if (T == 0 || B == 0) return std::make_tuple(out, h0.clone(), ws);
+  const auto stream = cuda::current_stream();
+  const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h0.scalar_type(), "hnrnn_stack_recurrence_cuda", [&] {
+    StackLayers<scalar_t> layers{};
+    for (int64_t l = 0; l < L; ++l) {
+      layers.w_ih[l] = w[l * n].data_ptr<scalar_t>();
+      layers.w_hh[l] = w[l * n + 1].data_ptr<scalar_t>();
+      layers.b_ih[l] = bias ? w[l * n + 2].data_ptr<scalar_t>() : nullptr;
+      layers.b_hh[l] = bias ? w[l * n + 3].data_ptr<scalar_t>() : nullptr;
+      layers.out[l] = out[l].data_ptr<scalar_t>();
+      layers.ws[l] = ws[l].data_ptr<scalar_t>();
+    }
+    const auto kernel = mode == kGru       ? &stack_fwd_kernel<true, false, scalar_t>
+                        : mode == kRnnRelu ? &stack_fwd_kernel<false, true, scalar_t>
+                                           : &stack_fwd_kernel<false, false, scalar_t>;
+    cuda::launch(kernel, persistent_blocks(B), kStackThreads, stack_smem_bytes<scalar_t>(L, H, G), stream, L, T, B, H,
+                 lp, gx0.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), layers, h_n.data_ptr<scalar_t>());
+  });
+  return std::make_tuple(out, h_n, ws);
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> stack_recurrence_backward_cuda(
+    int64_t mode, const at::Tensor& grad_out, const at::Tensor& grad_h_n, at::TensorList ws, at::TensorList weights,
+    const c10::optional<at::Tensor>& lengths) {
+  const int64_t G = gates_of(mode), W = ws_width_of(mode), L = grad_h_n.dim() == 3 ? grad_h_n.size(0) : 0;
+  TORCH_CHECK(mode == kGru || mode == kRnnTanh || mode == kRnnRelu, "stack_recurrence_backward: unknown mode ", mode);
+  TORCH_CHECK_VALUE(grad_h_n.dim() == 3 && L >= 1 && ws.size() == static_cast<size_t>(L),
+                    "stack_recurrence_backward: grad_h_n must be (layers, B, H) with a workspace per layer, got ",
+                    grad_h_n.sizes(), " and ", ws.size(), " workspaces");
+  TORCH_CHECK_VALUE(weights.size() == static_cast<size_t>(2 * L) || weights.size() == static_cast<size_t>(4 * L),
+                    "stack_recurrence_backward: expected 2 or 4 weight tensors per layer (", L, " layers), got ",
+                    weights.size());
+  const int64_t n = weights.size() == static_cast<size_t>(4 * L) ? 4 : 2;
+  std::vector<at::Tensor> w_hh(L), w_ih(L), ws_c(L);  // contiguous, kept alive for the launch
+  for (int64_t l = 0; l < L; ++l) {
+    check_recurrence_backward_inputs(grad_out, grad_h_n[l], ws[l], weights[l * n + 1], lengths, G, W);
+    w_hh[l] = weights[l * n + 1].contiguous();
+    w_ih[l] = weights[l * n].contiguous();
+    ws_c[l] = ws[l].contiguous();
+    TORCH_CHECK_VALUE(l == 0 || (w_ih[l].sizes() == w_hh[l].sizes() && w_ih[l].scalar_type() == w_hh[l].scalar_type() &&
+                                 w_ih[l].device() == w_hh[l].device()),
+                      "stack_recurrence_backward: weight_ih of layer ", l, " must match weight_hh (", w_hh[l].sizes(),
+                      ", ", w_hh[l].scalar_type(), ", ", w_hh[l].device(), ")");
+  }
+  cuda::DeviceGuard guard(grad_out.device());
+  const at::Tensor go = grad_out.contiguous(), g_hn = grad_h_n.contiguous();
+  const auto len = device_lengths(lengths, go);
+  const int64_t T = go.size(0), B = go.size(1), H = go.size(2);
+  TORCH_CHECK(stack_recurrence_fits(mode, L, H, go.scalar_type(), go.get_device()), "stack_recurrence_backward: ", L,
+              " layers of hidden size ", H, " do not fit one block's shared memory (run them one layer at a time)");
+  std::vector<at::Tensor> dgx(L), dgh(L);
+  for (int64_t l = 0; l < L; ++l) {
+    dgx[l] = empty_output({T, B, G * H}, go.options());
+    dgh[l] = mode == kGru ? empty_output({T, B, G * H}, go.options()) : dgx[l];
+  }
+  at::Tensor dh0 = empty_output({L, B, H}, go.options());
+  if (T == 0 || B == 0) return std::make_tuple(dgx, dgh, g_hn.clone());
+  const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "hnrnn_stack_recurrence_backward_cuda",
+                                  [&] {
+    StackGrads<scalar_t> layers{};
+    for (int64_t l = 0; l < L; ++l) {
+      layers.w_hh[l] = w_hh[l].data_ptr<scalar_t>();
+      layers.w_ih[l] = w_ih[l].data_ptr<scalar_t>();
+      layers.ws[l] = ws_c[l].data_ptr<scalar_t>();
+      layers.dgx[l] = dgx[l].data_ptr<scalar_t>();
+      layers.dgh[l] = dgh[l].data_ptr<scalar_t>();
+    }
+    const auto kernel = mode == kGru       ? &stack_bwd_kernel<true, false, scalar_t>
+                        : mode == kRnnRelu ? &stack_bwd_kernel<false, true, scalar_t>
+                                           : &stack_bwd_kernel<false, false, scalar_t>;
+    cuda::launch(kernel, persistent_blocks(B), kStackThreads, stack_bwd_smem_bytes<scalar_t>(L, H, G),
+                 cuda::current_stream(), L, T, B, H, lp, go.data_ptr<scalar_t>(), g_hn.data_ptr<scalar_t>(), layers,
+                 dh0.data_ptr<scalar_t>());
+  });
+  return std::make_tuple(dgx, dgh, dh0);
+}
+
 }  // namespace hnrnn
 
 TORCH_LIBRARY_IMPL(hnrnn, CUDA, m) {

@@ -12,20 +12,16 @@
 // Out-of-range ids (only when the entry point's host check was skipped, under torch.compile)
 // read a NaN embedding row: never memory out of bounds, never a device-side assert.
 #include <torch/extension.h>
-// Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in cuSPARSE/cuBLAS headers that a bare
-// toolkit may not ship (the GEMMs go through at::mm_out / at::addmm_out instead).
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <math_constants.h>
 
 #include "../op_checks.h"
+#include "launch.h"
 #include "zoo_cell.h"
 
 namespace {
 
 using at::Tensor;
 namespace zc = hnrnn::zoo;
+namespace cuda = hnrnn::cuda;
 
 constexpr int kThreads = 512;     // persistent kernels: one block per SM (__launch_bounds__(kThreads, 1)
                                   // lets them use 128 registers; the default budget of 64 spilled in fp64)
@@ -77,8 +73,7 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_persistent_kernel(
     scalar_t* __restrict__ out, scalar_t* __restrict__ hT, scalar_t* __restrict__ xs, scalar_t* __restrict__ rs,
     scalar_t* __restrict__ mean_g, scalar_t* __restrict__ invstd_g, scalar_t* __restrict__ rm_out,
     scalar_t* __restrict__ rv_out) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  scalar_t* Wt = reinterpret_cast<scalar_t*>(smem_raw);  // Wt[k * H + j] = W[j][k]
+  scalar_t* Wt = cuda::dynamic_shared<scalar_t>();       // Wt[k * H + j] = W[j][k]
   scalar_t* x = Wt + H * H;                              // h_{t-1}, then x_t (B x H)
   scalar_t* r = x + B * H;                               // r_t (B x H)
   scalar_t* s_mean = r + B * H;                          // (H)
@@ -228,8 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_persistent_kernel(
     const scalar_t* __restrict__ invstd_g, bool norm_state, bool training, int B, int T, int H,
     scalar_t* __restrict__ gz_g, scalar_t* __restrict__ gx_g, scalar_t* __restrict__ gh0,
     scalar_t* __restrict__ dgamma, scalar_t* __restrict__ dbeta) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  scalar_t* Ws = reinterpret_cast<scalar_t*>(smem_raw);  // W[j][k], row-major
+  scalar_t* Ws = cuda::dynamic_shared<scalar_t>();       // W[j][k], row-major
   scalar_t* g = Ws + H * H;                              // gradient reaching out_t, then dz_t (B x H)
   scalar_t* gh = g + B * H;                              // gradient w.r.t. h_t (B x H)
   scalar_t* sg = gh + B * H;                             // (H)
@@ -339,17 +333,9 @@ __global__ void segment_sum_kernel(const scalar_t* __restrict__ src, const int64
 // ------------------------------------------------------------------------------------------
 size_t persistent_smem_bytes(int64_t B, int64_t H, size_t elem) { return (H * H + 2 * B * H + 2 * H) * elem; }
 
-bool use_persistent(int64_t B, int64_t H, size_t elem) {
-  if (H > kMaxPersistentH) return false;
-  int dev = 0, optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&dev));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  return persistent_smem_bytes(B, H, elem) <= static_cast<size_t>(optin);
-}
-
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+bool use_persistent(int64_t B, int64_t H, size_t elem, int device) {
+  return H <= kMaxPersistentH &&
+         static_cast<int64_t>(persistent_smem_bytes(B, H, elem)) <= cuda::max_dynamic_smem(device);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_forward_cuda(
@@ -359,8 +345,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   hnrnn::zoo::check_forward_inputs(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                    training);
   const int64_t B = ids.size(0), T = ids.size(1), H = h0.size(1), V = emb.size(0);
-  const c10::cuda::CUDAGuard guard(h0.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const cuda::DeviceGuard guard(h0.device());
+  const auto stream = cuda::current_stream();
   auto out = hnrnn::empty_output({B, T, H}, h0.options());
   auto xs = hnrnn::empty_output({T, B, H}, h0.options());
   auto rs = hnrnn::empty_output({T, B, H}, h0.options());
@@ -370,42 +356,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "zoo_cell_forward_cuda", [&] {
     const auto mom = static_cast<scalar_t>(momentum);
     const auto ep = static_cast<scalar_t>(eps);
-    if (use_persistent(B, H, sizeof(scalar_t))) {
+    if (use_persistent(B, H, sizeof(scalar_t), h0.get_device())) {
       hT = hnrnn::empty_output({B, H}, h0.options());
       rm = hnrnn::empty_output({H}, h0.options());  // written by the kernel: no copies of the inputs
       rv = hnrnn::empty_output({H}, h0.options());
-      const size_t smem = persistent_smem_bytes(B, H, sizeof(scalar_t));
-      allow_smem(fwd_persistent_kernel<scalar_t>, smem);
-      fwd_persistent_kernel<scalar_t><<<1, kThreads, smem, stream>>>(
+      cuda::launch(
+          fwd_persistent_kernel<scalar_t>, 1, kThreads, persistent_smem_bytes(B, H, sizeof(scalar_t)), stream,
           ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
           bias.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), bn_bias.data_ptr<scalar_t>(),
           running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), norm_state, training, mom, ep, B, T,
           H, V, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
           mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     rm = running_mean.clone();  // the per-step kernels update these step by step
     rv = running_var.clone();
     const int64_t BH = B * H;
     if (BH > 0) {  // a grid of zero blocks is an invalid launch
-      gather_x_kernel<scalar_t><<<(BH + 255) / 256, 256, 0, stream>>>(
-          ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), H, emb.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), 0,
-          B, T, H, V);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(gather_x_kernel<scalar_t>, (BH + 255) / 256, 256, 0, stream, ids.data_ptr<int64_t>(),
+                   h0.data_ptr<scalar_t>(), H, emb.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), 0, B, T, H, V);
     }
     const auto wt = weight.t();
     const dim3 block(kColsPerBlock, kRowLanes), grid((H + kColsPerBlock - 1) / kColsPerBlock);
     for (int64_t t = 0; t < T; ++t) {
       auto r_t = rs.select(0, t);
       at::addmm_out(r_t, bias, xs.select(0, t), wt);  // cuBLAS
-      fwd_step_kernel<scalar_t><<<grid, block, 0, stream>>>(
-          ids.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(),
+      cuda::launch(
+          fwd_step_kernel<scalar_t>, grid, block, 0, stream, ids.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(),
           bn_bias.data_ptr<scalar_t>(), rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>(), norm_state, training, mom,
           ep, t, B, T, H, V, r_t.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
           t + 1 < T ? xs.select(0, t + 1).data_ptr<scalar_t>() : nullptr, mean.data_ptr<scalar_t>(),
           invstd.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     hT = (norm_state ? out.select(1, T - 1) : rs.select(0, T - 1)).clone();
   });
@@ -418,8 +399,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
     bool norm_state, bool training) {
   hnrnn::zoo::check_backward_inputs(grad_out, grad_hT, ids, weight, bn_weight, xs, rs, mean, invstd);
   const int64_t B = ids.size(0), T = ids.size(1), H = weight.size(0);
-  const c10::cuda::CUDAGuard guard(weight.device());
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  const cuda::DeviceGuard guard(weight.device());
+  const auto stream = cuda::current_stream();
   auto opts = weight.options();
   auto gz = hnrnn::empty_output({T, B, H}, opts);
   auto gx = hnrnn::empty_output({T, B, H}, opts);
@@ -427,27 +408,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
   auto dbeta = at::zeros({H}, opts);
   Tensor gh0;
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_backward_cuda", [&] {
-    if (use_persistent(B, H, sizeof(scalar_t))) {
+    if (use_persistent(B, H, sizeof(scalar_t), weight.get_device())) {
       gh0 = hnrnn::empty_output({B, H}, opts);
-      const size_t smem = persistent_smem_bytes(B, H, sizeof(scalar_t));
-      allow_smem(bwd_persistent_kernel<scalar_t>, smem);
-      bwd_persistent_kernel<scalar_t><<<1, kThreads, smem, stream>>>(
+      cuda::launch(
+          bwd_persistent_kernel<scalar_t>, 1, kThreads, persistent_smem_bytes(B, H, sizeof(scalar_t)), stream,
           grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
           bn_weight.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
           invstd.data_ptr<scalar_t>(), norm_state, training, B, T, H, gz.data_ptr<scalar_t>(),
           gx.data_ptr<scalar_t>(), gh0.data_ptr<scalar_t>(), dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
     const dim3 block(kColsPerBlock, kRowLanes), grid((H + kColsPerBlock - 1) / kColsPerBlock);
     for (int64_t t = T - 1; t >= 0; --t) {
       const Tensor gh = t == T - 1 ? grad_hT : gx.select(0, t + 1);
-      bwd_step_kernel<scalar_t><<<grid, block, 0, stream>>>(
-          grad_out.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), rs.select(0, t).data_ptr<scalar_t>(),
+      cuda::launch(
+          bwd_step_kernel<scalar_t>, grid, block, 0, stream, grad_out.data_ptr<scalar_t>(), gh.data_ptr<scalar_t>(), rs.select(0, t).data_ptr<scalar_t>(),
           mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), norm_state,
           training, t, B, T, H, gz.select(0, t).data_ptr<scalar_t>(), dgamma.data_ptr<scalar_t>(),
           dbeta.data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto gx_t = gx.select(0, t);
       at::mm_out(gx_t, gz.select(0, t), weight);  // dx_t = dz_t W (cuBLAS)
     }
@@ -463,10 +441,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
   if (vocab_size > 0 && H > 0) {  // (a grid of zero blocks is an invalid launch)
     AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "zoo_cell_segment_sum", [&] {
       const dim3 grid(vocab_size, (H + 127) / 128);
-      segment_sum_kernel<scalar_t><<<grid, 128, 0, stream>>>(gx.data_ptr<scalar_t>(),
-                                                             std::get<1>(sorted).data_ptr<int64_t>(),
-                                                             offsets.data_ptr<int64_t>(), grad_emb.data_ptr<scalar_t>(), H);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::launch(segment_sum_kernel<scalar_t>, grid, 128, 0, stream, gx.data_ptr<scalar_t>(),
+                   std::get<1>(sorted).data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+                   grad_emb.data_ptr<scalar_t>(), H);
     });
   }
   return {gh0, grad_emb, grad_w, grad_b, dgamma, dbeta};

@@ -1,0 +1,4 @@
+// csrc/cuda/rnn.cu compiled as C++ on the CPU (see emulation.h).
+#include "emulation.h"
+
+#include "rnn.cu"

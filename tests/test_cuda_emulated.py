@@ -1,0 +1,272 @@
+"""The CUDA kernels, run on the CPU.
+
+csrc/cuda/rnn.cu and zoo_cell.cu are compiled as C++ against tests/cuda_emulation/emulation.h,
+which runs each GPU thread as a fiber and each __syncthreads() as a switch between them (see
+that header for what it models and what not). Every op is compared with the C++ CPU kernel of
+the same op on the same inputs, on both of its paths (one persistent launch, and per step):
+outputs, workspaces, running statistics and every gradient. Each forward also runs with the
+threads in reverse order between barriers and must give the same bits (a missing barrier would
+not). This is the CUDA half's only execution test without a GPU; `-m gpu` runs the real thing.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import hnrnn._C  # noqa: F401  (the CPU kernels the emulated ones are compared with)
+
+ROOT = Path(__file__).resolve().parents[1]
+EMULATION = ROOT / "tests" / "cuda_emulation"
+
+
+@pytest.fixture(scope="module")
+def emu():
+    from torch.utils.cpp_extension import load
+    return load(name="hnrnn_cuda_emulation",
+                sources=[str(EMULATION / f) for f in ("module.cpp", "rnn.cpp", "zoo_cell.cpp")]
+                + [str(ROOT / "csrc" / "op_checks.cpp")],
+                extra_include_paths=[str(ROOT / "csrc" / d) for d in ("cuda", "include", ".")],
+                extra_cflags=["-O2", "-Wno-unknown-pragmas"])
+
+
+def both_orders(emu, fn):
+    """fn() with the threads in order and in reverse between barriers: the same bits."""
+    emu.set_thread_order(False)
+    first = fn()
+    emu.set_thread_order(True)
+    try:
+        second = fn()
+    finally:
+        emu.set_thread_order(False)
+    for i, (a, b) in enumerate(zip(first, second)):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), \
+            f"output {i} depends on the order of the threads between barriers (a race)"
+    return first
+
+
+def assert_close_all(got, want, names, tol):
+    assert len(got) == len(want)
+    for name, a, b in zip(names, got, want):
+        assert a.shape == b.shape, f"{name}: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        torch.testing.assert_close(a.to(b.dtype), b, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+
+
+# ------------------------------------------------------------------------------ GRU / RNN
+# (kind, dtype, H, path). The persistent path holds W_hh in shared memory; past 227 KiB the
+# per-step path runs (cuBLAS GEMM + pointwise kernel). H = 128 in fp32 is the largest
+# persistent GRU; the per-step sizes are the smallest that no longer fit.
+RECURRENCE_CASES = [
+    ("gru", torch.float32, 7, "persistent"),
+    ("gru", torch.float32, 128, "persistent"),
+    ("gru", torch.float32, 140, "per-step"),
+    ("gru", torch.float64, 33, "persistent"),
+    ("gru", torch.float64, 100, "per-step"),
+    ("rnn_tanh", torch.float32, 64, "persistent"),
+    ("rnn_tanh", torch.float64, 170, "per-step"),
+    ("rnn_relu", torch.float32, 9, "persistent"),
+    ("rnn_relu", torch.float32, 240, "per-step"),
+    ("gru", torch.bfloat16, 64, "persistent"),
+    ("gru", torch.float16, 50, "persistent"),
+]
+
+
+def recurrence_call(module, kind, *args, backward=False):
+    name = ("gru" if kind == "gru" else "rnn") + "_recurrence" + ("_backward" if backward else "")
+    fn = getattr(module, name)
+    if kind == "gru":
+        return fn(*args)
+    return fn(*args[:-2], kind == "rnn_relu", *args[-2:])  # the RNN ops take `relu` before `reverse`
+
+
+@pytest.mark.parametrize("kind,dtype,H,path", RECURRENCE_CASES,
+                         ids=[f"{k}-{str(d)[6:]}-H{h}-{p}" for k, d, h, p in RECURRENCE_CASES])
+@pytest.mark.parametrize("reverse,packed", [(False, False), (True, True)], ids=["forward", "reverse-packed"])
+def test_recurrence(emu, kind, dtype, H, path, reverse, packed):
+    G = 3 if kind == "gru" else 1
+    T, B = 6, 19  # 19 rows: three blocks of the persistent kernels, the last one partial
+    g = torch.Generator().manual_seed(H)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    gx, h0, w, b = r(T, B, G * H), r(B, H), r(G * H, H) / H ** 0.5, r(G * H) * 0.1
+    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
+    if packed:
+        lengths[0] = T
+    grad_out, grad_h = r(T, B, H), r(B, H)
+    # The CPU kernels compute in fp32 / fp64: 16-bit inputs are compared with fp32 on the same values.
+    low = dtype in (torch.float16, torch.bfloat16)
+    cast = lambda *ts: [t.to(dtype) for t in ts]  # noqa: E731
+    ref_dtype = torch.float32 if low else dtype
+    ref_cast = lambda *ts: [t.to(dtype).to(ref_dtype) for t in ts]  # noqa: E731
+
+    out = both_orders(emu, lambda: recurrence_call(emu, kind, *cast(gx, h0, w, b), reverse, lengths))
+    want = recurrence_call(torch.ops.hnrnn, kind, *ref_cast(gx, h0, w, b), reverse, lengths)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 3e-2)
+    assert_close_all(out, want, ["out", "h_n", "ws"], tol)
+
+    ws = out[2]
+    grads = both_orders(emu, lambda: recurrence_call(emu, kind, *cast(grad_out, grad_h), ws, *cast(w), reverse,
+                                                     lengths, backward=True))
+    want = recurrence_call(torch.ops.hnrnn, kind, *ref_cast(grad_out, grad_h), ws.to(ref_dtype), *ref_cast(w),
+                           reverse, lengths, backward=True)
+    names = ["d gates_x", "d gates_h", "d h0"] if kind == "gru" else ["d gates", "d h0"]
+    assert_close_all(grads, want, names, 10 * tol if low else tol)
+
+
+# ------------------------------------------------------------------------------ stacked layers
+MODES = {"gru": 0, "rnn_tanh": 1, "rnn_relu": 2}
+# (kind, dtype, layers, H): the seed's Model5 (2-layer GRU, H = 64, fp32) is the first
+STACK_CASES = [
+    ("gru", torch.float32, 2, 64),
+    ("gru", torch.float64, 3, 7),
+    ("rnn_tanh", torch.float32, 4, 33),
+    ("rnn_relu", torch.float64, 2, 16),
+    ("gru", torch.bfloat16, 3, 64),
+]
+
+
+def stack_inputs(kind, dtype, L, H, T, B, I, bias, packed, seed=0):
+    G = 3 if kind == "gru" else 1
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    weights = []
+    for layer in range(L):
+        weights += [r(G * H, I if layer == 0 else H) / H ** 0.5, r(G * H, H) / H ** 0.5]
+        weights += [r(G * H) * 0.1, r(G * H) * 0.1] if bias else []
+    lengths = torch.randint(1, T + 1, (B,), generator=g) if packed else None
+    return r(T, B, I), r(L, B, H), weights, lengths
+
+
+@pytest.mark.parametrize("kind,dtype,L,H", STACK_CASES,
+                         ids=[f"{k}-{str(d)[6:]}-L{n}-H{h}" for k, d, n, h in STACK_CASES])
+@pytest.mark.parametrize("bias,packed", [(True, False), (False, True)], ids=["bias", "nobias-packed"])
+def test_stacked_layers(emu, kind, dtype, L, H, bias, packed):
+    """Every layer of a unidirectional stack in one launch (the wavefront), forward and backward,
+    against the CPU kernels run one layer at a time: the output, h_n, what backward reads (each
+    layer's workspace and the inputs of layers 1..), every layer's gate gradients and dh0."""
+    T, B, I = 7, 19, 5
+    x, hx, weights, lengths = stack_inputs(kind, dtype, L, H, T, B, I, bias, packed)
+    mode = MODES[kind]
+    assert emu.stack_recurrence_fits(mode, L, H, dtype)
+    gx0 = torch.nn.functional.linear(x, weights[0], weights[2] if bias else None)
+
+    def run():
+        outs, h_n, ws = emu.stack_recurrence(mode, gx0, hx, weights, lengths)
+        return [*outs, h_n, *ws]
+
+    got = both_orders(emu, run)
+    outs, h_n, ws = got[:L], got[L], got[L + 1:]
+    low = dtype == torch.bfloat16
+    up = (lambda t: t.float()) if low else (lambda t: t)  # noqa: E731
+    out, want_h, saved = torch.ops.hnrnn.rnn_network(up(x), up(hx), [up(w) for w in weights], mode, L, False, 0.0,
+                                                     False, lengths)
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 4e-2)
+    assert_close_all([outs[-1], h_n], [out, want_h], ["output", "h_n"], tol)
+    assert_close_all(ws, saved[:L], [f"workspace of layer {i}" for i in range(L)], tol)
+    assert_close_all(outs[:-1], saved[L:2 * L - 1], [f"input of layer {i + 1}" for i in range(L - 1)], tol)
+
+    # backward: the gate gradients of every layer and dh0, against the CPU recurrence backward run
+    # layer by layer from the top, each layer's output gradient dG_x W_ih of the layer above
+    g = torch.Generator().manual_seed(1)
+    grad_out, grad_h = (torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+                        for shape in ((T, B, H), (L, B, H)))
+    n = 4 if bias else 2
+
+    def run_backward():
+        dgx, dgh, dh0 = emu.stack_recurrence_backward(mode, grad_out, grad_h, ws, weights, lengths)
+        return [*dgx, *dgh, dh0]
+
+    got = both_orders(emu, run_backward)
+    want_dgx, want_dgh, want_dh0, go = [None] * L, [None] * L, [None] * L, up(grad_out)
+    for layer in reversed(range(L)):
+        args = (go, up(grad_h[layer]), up(ws[layer]), up(weights[layer * n + 1]))
+        res = recurrence_call(torch.ops.hnrnn, kind, *args, False, lengths, backward=True)
+        want_dgx[layer], want_dh0[layer] = res[0], res[-1]
+        want_dgh[layer] = res[1] if kind == "gru" else res[0]
+        go = (want_dgx[layer].flatten(0, 1) @ up(weights[layer * n])).view(T, B, -1)
+    assert_close_all(got[:L], want_dgx, [f"d gates_x of layer {i}" for i in range(L)], 10 * tol if low else tol)
+    assert_close_all(got[L:2 * L], want_dgh, [f"d gates_h of layer {i}" for i in range(L)], 10 * tol if low else tol)
+    assert_close_all([got[-1]], [torch.stack(want_dh0)], ["d h0"], 10 * tol if low else tol)
+
+
+def test_stacked_layers_past_shared_memory(emu):
+    """Past one block's shared memory (or 4 layers) the stack does not fit: rnn_network then runs
+    layer by layer, and a direct call is a clear error."""
+    assert not emu.stack_recurrence_fits(0, 3, 64, torch.float32)  # 5 weight matrices of 64 x 193 floats
+    assert emu.stack_recurrence_fits(0, 2, 64, torch.float32)
+    assert not emu.stack_recurrence_fits(1, 5, 8, torch.float32)
+    x, hx, weights, _ = stack_inputs("gru", torch.float32, 3, 64, 2, 3, 4, True, False)
+    gx0 = torch.nn.functional.linear(x, weights[0], weights[2])
+    with pytest.raises(RuntimeError, match="3 layers of hidden size 64 do not fit"):
+        emu.stack_recurrence(0, gx0, hx, weights, None)
+
+
+# ------------------------------------------------------------------------------ zoo cell
+# (B, H, dtype, path): the seed's shape and a small one run persistently (one block, W and the
+# state in shared memory); H above 128, or a batch too large for shared memory, per step.
+ZOO_CASES = [
+    (64, 64, torch.float32, "persistent"),
+    (5, 7, torch.float64, "persistent"),
+    (6, 130, torch.float32, "per-step"),
+    (64, 128, torch.float64, "per-step"),
+]
+
+
+def zoo_inputs(B, H, T, dtype, V=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
+    ids = torch.randint(0, V, (B, T), generator=g)
+    floats = [r(B, H), r(V, H), r(H, H) / H ** 0.5, r(H) * 0.1, 1 + 0.2 * r(H), 0.1 * r(H), 0.1 * r(H),
+              1 + r(H).abs()]
+    return ids, floats, [r(B, T, H), r(B, H)]
+
+
+@pytest.mark.parametrize("B,H,dtype,path", ZOO_CASES, ids=[f"B{b}-H{h}-{str(d)[6:]}-{p}" for b, h, d, p in ZOO_CASES])
+@pytest.mark.parametrize("norm_state", [True, False], ids=["normstate", "normout"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_zoo_cell(emu, B, H, dtype, path, norm_state, training):
+    T = 4
+    ids, floats, (grad_out, grad_h) = zoo_inputs(B, H, T, dtype)
+    args = (norm_state, training, 0.1, 1e-5)
+    fwd = both_orders(emu, lambda: emu.zoo_cell_forward(ids, *floats, *args))
+    want = torch.ops.hnrnn.zoo_cell_forward(ids, *floats, *args)
+    tol = 1e-11 if dtype == torch.float64 else 1e-4
+    assert_close_all(fwd, want, ["out", "h_T", "running_mean", "running_var", "xs", "rs", "mean", "invstd"], tol)
+
+    weight, bn_weight = floats[2], floats[4]
+    saved = fwd[4:]  # xs, rs, mean, invstd
+    bwd = both_orders(emu, lambda: emu.zoo_cell_backward(grad_out, grad_h, ids, floats[1].shape[0], weight,
+                                                         bn_weight, *saved, norm_state, training))
+    want = torch.ops.hnrnn.zoo_cell_backward(grad_out, grad_h, ids, floats[1].shape[0], weight, bn_weight, *saved,
+                                             norm_state, training)
+    assert_close_all(bwd, want, ["d h0", "d emb", "d weight", "d bias", "d bn_weight", "d bn_bias"], tol)
+
+
+@pytest.mark.parametrize("B,H", [(5, 7), (6, 130)], ids=["persistent", "per-step"])
+def test_zoo_cell_id_out_of_range_reads_nan(emu, B, H):
+    """Past the entry point's check (skipped under torch.compile) the CUDA kernels read an
+    out-of-range id as a NaN embedding row: that row's outputs from that step on are NaN, the
+    other rows are untouched (eval: no batch statistics to spread it), nothing is read out of bounds."""
+    T, V = 4, 11
+    ids, floats, _ = zoo_inputs(B, H, T, torch.float32, V=V)
+    args = (False, False, 0.1, 1e-5)  # normalised output, eval
+    bad = ids.clone()
+    bad[1, 2] = V
+    out = emu.zoo_cell_forward(bad, *floats, *args)[0]
+    want = torch.ops.hnrnn.zoo_cell_forward(ids, *floats, *args)[0]
+    assert out[1, 2:].isnan().all()
+    rows = [b for b in range(B) if b != 1]
+    torch.testing.assert_close(out[rows], want[rows], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[1, :2], want[1, :2], atol=1e-4, rtol=1e-4)
+
+
+def test_emulator_catches_faulty_kernels(emu):
+    """The two faults the emulator claims to expose, in two deliberately faulty kernels
+    (tests/cuda_emulation/module.cpp): a write past the dynamic shared memory, and a read of
+    another thread's shared write without a barrier between them (which changes with the order
+    of the threads)."""
+    with pytest.raises(RuntimeError, match="wrote past its 128 bytes of dynamic shared memory"):
+        emu.faulty_write_past_shared()
+    with pytest.raises(AssertionError, match="a race"):
+        both_orders(emu, lambda: [emu.faulty_missing_barrier()])
+    with pytest.raises(RuntimeError, match="more than a block can have"):
+        emu.faulty_too_much_shared()
