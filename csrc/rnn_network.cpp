@@ -63,6 +63,18 @@ void check_network(const Tensor& input, const Tensor& hx, at::TensorList weights
   has_bias(weights, num_layers * D);
 }
 
+#ifdef HNRNN_WITH_CUDA
+// The stacked kernel (csrc/cuda/rnn.cu) runs on CUDA tensors; in the tests' CUDA emulation
+// (tests/cuda_emulation), on CPU ones.
+bool on_stack_device(const Tensor& t) {
+#ifdef HNRNN_CUDA_EMULATION
+  return t.is_cpu();
+#else
+  return t.is_cuda();
+#endif
+}
+#endif
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input, const Tensor& hx,
@@ -75,7 +87,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
   const bool bias = has_bias(weights, num_layers * D);
 #ifdef HNRNN_WITH_CUDA
   // A unidirectional stack without dropout on the GPU: all layers in one launch (the wavefront).
-  if (input.is_cuda() && D == 1 && num_layers > 1 && !(train && dropout > 0) &&
+  if (on_stack_device(input) && D == 1 && num_layers > 1 && !(train && dropout > 0) &&
       stack_recurrence_fits(mode, num_layers, hx.size(2), input.scalar_type(), input.get_device())) {
     const LayerWeights w0 = layer_weights(weights, 0, bias);
     auto [outs, h_n, saved] = stack_recurrence_cuda(mode, at::linear(input, w0.w_ih, w0.b_ih), hx, weights, lengths);
@@ -139,7 +151,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
   // The stack's sequential parts in one launch on the GPU, as its forward (rnn_network above).
   const bool dropout_ran = std::any_of(saved.begin() + LD + num_layers - 1, saved.end(),
                                        [](const Tensor& noise) { return noise.numel() > 0; });
-  if (grad_output.is_cuda() && D == 1 && num_layers > 1 && !dropout_ran &&
+  if (on_stack_device(grad_output) && D == 1 && num_layers > 1 && !dropout_ran &&
       stack_recurrence_fits(mode, num_layers, H, grad_output.scalar_type(), grad_output.get_device())) {
     auto [dgx, dgh, dh0] =
         stack_recurrence_backward_cuda(mode, grad_output, grad_h_n, saved.slice(0, LD), weights, lengths);

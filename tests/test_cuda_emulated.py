@@ -3,12 +3,16 @@
 csrc/cuda/rnn.cu and zoo_cell.cu are compiled as C++ against tests/cuda_emulation/emulation.h,
 which runs each GPU thread as a fiber and each __syncthreads() as a switch between them (see
 that header for what it models and what not). Every op is compared with the C++ CPU kernel of
-the same op on the same inputs, on both of its paths (one persistent launch, and per step):
-outputs, workspaces, running statistics and every gradient. Each forward also runs with the
+the same op on the same inputs, on each of its paths (one persistent launch, per step, and for
+stacked layers one wavefront launch): outputs, workspaces, running statistics and every
+gradient. csrc/rnn_network.cpp is compiled against the emulation too, so the network op runs
+with the GPU's choice of path and is compared with the CPU's. Each forward also runs with the
 threads in reverse order between barriers and must give the same bits (a missing barrier would
 not). This is the CUDA half's only execution test without a GPU; `-m gpu` runs the real thing.
 """
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,14 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 EMULATION = ROOT / "tests" / "cuda_emulation"
 
 
-@pytest.fixture(scope="module")
-def emu():
+# Set by test_under_address_sanitizer for the run of this file it starts (with libasan preloaded).
+UNDER_ASAN = os.environ.get("HNRNN_EMULATION_ASAN") == "1"
+
+
+def build_emulation():
+    """csrc/cuda compiled against the emulation (torch's JIT extension build, cached between runs)."""
     from torch.utils.cpp_extension import load
-    return load(name="hnrnn_cuda_emulation",
-                sources=[str(EMULATION / f) for f in ("module.cpp", "rnn.cpp", "zoo_cell.cpp")]
+    asan = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"] if UNDER_ASAN else []
+    return load(name="hnrnn_cuda_emulation" + ("_asan" if UNDER_ASAN else ""),
+                sources=[str(EMULATION / f) for f in ("module.cpp", "rnn.cpp", "zoo_cell.cpp", "network.cpp")]
                 + [str(ROOT / "csrc" / "op_checks.cpp")],
                 extra_include_paths=[str(ROOT / "csrc" / d) for d in ("cuda", "include", ".")],
-                extra_cflags=["-O2", "-Wno-unknown-pragmas"])
+                extra_cflags=["-O1" if UNDER_ASAN else "-O2", "-Wno-unknown-pragmas"] + asan,
+                extra_ldflags=asan[:1])
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return build_emulation()
 
 
 def both_orders(emu, fn):
@@ -200,6 +215,45 @@ def test_stacked_layers_past_shared_memory(emu):
         emu.stack_recurrence(0, gx0, hx, weights, None)
 
 
+# (kind, dtype, layers, H, packed): the network op as the GPU runs it (csrc/rnn_network.cpp
+# compiled against the emulation: its stacked path on the emulated kernels, the per-layer path
+# on the CPU kernels); the last case does not fit one SM (float64 at H = 64) and runs per layer.
+NETWORK_CASES = [
+    ("gru", torch.float32, 2, 64, False),
+    ("rnn_relu", torch.float64, 3, 16, True),
+    ("gru", torch.float64, 2, 64, True),
+]
+
+
+@pytest.mark.parametrize("kind,dtype,L,H,packed", NETWORK_CASES,
+                         ids=[f"{k}-{str(d)[6:]}-L{n}-H{h}{'-packed' if p else ''}" for k, d, n, h, p in NETWORK_CASES])
+def test_network_op(emu, kind, dtype, L, H, packed):
+    """hnrnn::rnn_network and its backward with the GPU's choice of path, against the CPU's:
+    output, h_n, the saved tensors, and the gradients of the input, hx and every weight."""
+    T, B, I = 7, 19, 5
+    x, hx, weights, lengths = stack_inputs(kind, dtype, L, H, T, B, I, True, packed)
+    mode = MODES[kind]
+    args = (mode, L, False, 0.0, True, lengths)  # training, no dropout
+
+    def run():
+        out, h_n, saved = emu.rnn_network(x, hx, weights, *args)
+        return [out, h_n, *saved]
+
+    got = both_orders(emu, run)
+    want_out, want_h, want_saved = torch.ops.hnrnn.rnn_network(x, hx, weights, *args)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    assert_close_all(got, [want_out, want_h, *want_saved],
+                     ["output", "h_n"] + [f"saved {i}" for i in range(len(want_saved))], tol)
+    g = torch.Generator().manual_seed(1)
+    grad_out, grad_h = (torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+                        for shape in ((T, B, H), (L, B, H)))
+    bargs = (mode, L, False, lengths, True)
+    gi, ghx, gw = emu.rnn_network_backward(grad_out, grad_h, x, weights, got[2:], *bargs)
+    wi, whx, ww = torch.ops.hnrnn.rnn_network_backward(grad_out, grad_h, x, weights, want_saved, *bargs)
+    assert_close_all([gi, ghx, *gw], [wi, whx, *ww],
+                     ["d input", "d hx"] + [f"d weight {i}" for i in range(len(ww))], tol)
+
+
 # ------------------------------------------------------------------------------ zoo cell
 # (B, H, dtype, path): the seed's shape and a small one run persistently (one block, W and the
 # state in shared memory); H above 128, or a batch too large for shared memory, per step.
@@ -270,3 +324,29 @@ def test_emulator_catches_faulty_kernels(emu):
         both_orders(emu, lambda: [emu.faulty_missing_barrier()])
     with pytest.raises(RuntimeError, match="more than a block can have"):
         emu.faulty_too_much_shared()
+
+
+@pytest.mark.skipif(UNDER_ASAN, reason="this is the run under the sanitizer")
+def test_under_address_sanitizer():
+    """The tests above again with the kernels built with AddressSanitizer (libasan preloaded into
+    a fresh interpreter): every read and write the kernels make into tensor memory is checked
+    against the tensor's allocation, the CPU stand-in for compute-sanitizer's memcheck. First,
+    that the setup catches a kernel reading one float past its input at all."""
+    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(libasan):
+        pytest.skip("gcc has no AddressSanitizer runtime here")
+    # libstdc++ preloaded too: else ASan cannot find the __cxa_throw it intercepts (a TORCH_CHECK throws)
+    libstdcxx = subprocess.run(["gcc", "-print-file-name=libstdc++.so"], capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, LD_PRELOAD=f"{libasan} {libstdcxx}", HNRNN_EMULATION_ASAN="1",
+               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
+
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+    setup = ("import sys; sys.path.insert(0, 'tests'); import test_cuda_emulated as t; "
+             "t.build_emulation().faulty_read_past_global()")
+    caught = run("-c", setup)
+    assert caught.returncode != 0 and "heap-buffer-overflow" in caught.stderr, caught.stderr[-3000:]
+    # -s: an ASan report goes to stderr, which pytest would capture and lose when ASan exits
+    suite = run("-m", "pytest", str(Path(__file__)), "-q", "-s", "-p", "no:cacheprovider", "-x")
+    assert suite.returncode == 0, suite.stdout[-5000:] + suite.stderr[-5000:]

@@ -154,13 +154,31 @@ inline void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<voi
   s.body = nullptr;
 }
 
-// The ops a CUDA source registers (TORCH_LIBRARY_IMPL(hnrnn, CUDA, m) below), bound as
-// functions of the Python module instead.
+// A kernel function as pybind11 can take it: a TensorList argument (no caster) comes as a list.
+template <typename T>
+struct PyArg {
+  using type = T;
+};
+template <>
+struct PyArg<at::TensorList> {
+  using type = std::vector<at::Tensor>;
+};
+template <typename R, typename... Args>
+auto pythonic(R (*f)(Args...)) {
+  return [f](typename PyArg<std::decay_t<Args>>::type... args) { return f(args...); };
+}
+
+// The ops a source registers (TORCH_LIBRARY_IMPL(hnrnn, ..., m) below), bound as functions of
+// the Python module instead of dispatcher kernels.
 struct Recorder {
+  std::vector<std::string> names;
   std::vector<std::function<void(pybind11::module_&)>> bindings;
   template <typename F>
-  Recorder& impl(const char* name, F f) {
-    bindings.emplace_back([name, f](pybind11::module_& m) { m.def(name, f); });
+  Recorder& impl(const char* name, F f) {  // once per name (a source may register for CPU and CUDA)
+    if (std::find(names.begin(), names.end(), name) == names.end()) {
+      names.emplace_back(name);
+      bindings.emplace_back([name, f](pybind11::module_& m) { m.def(name, pythonic(f)); });
+    }
     return *this;
   }
 };
@@ -178,11 +196,15 @@ inline Recorder& recorder() {
 #define gridDim (::hnrnn_emu::current().grid_dim)
 inline void __syncthreads() { ::hnrnn_emu::syncthreads(); }
 
+#define HNRNN_EMU_CAT2(a, b) a##b
+#define HNRNN_EMU_CAT(a, b) HNRNN_EMU_CAT2(a, b)
+#define HNRNN_EMU_REGISTER HNRNN_EMU_CAT(hnrnn_emu_register_, __LINE__)
 #undef TORCH_LIBRARY_IMPL
-#define TORCH_LIBRARY_IMPL(ns, key, m)                                                                  \
-  static void hnrnn_emu_register(::hnrnn_emu::Recorder& m);                                          \
-  [[maybe_unused]] static const bool hnrnn_emu_registered = (hnrnn_emu_register(::hnrnn_emu::recorder()), true); \
-  static void hnrnn_emu_register(::hnrnn_emu::Recorder& m)
+#define TORCH_LIBRARY_IMPL(ns, key, m)                                                   \
+  static void HNRNN_EMU_REGISTER(::hnrnn_emu::Recorder& m);                            \
+  [[maybe_unused]] static const bool HNRNN_EMU_CAT(hnrnn_emu_registered_, __LINE__) = \
+      (HNRNN_EMU_REGISTER(::hnrnn_emu::recorder()), true);                             \
+  static void HNRNN_EMU_REGISTER(::hnrnn_emu::Recorder& m)
 
 // ---------------------------------------------------------------- launch.h, emulated
 namespace hnrnn::cuda {

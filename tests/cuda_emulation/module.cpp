@@ -1,6 +1,6 @@
 // The Python module of the CUDA emulation (see emulation.h): the ops of csrc/cuda/*.cu (which
 // rnn.cpp and zoo_cell.cpp compile as C++) and the stacked-layer kernel, the emulator's switch,
-// and three faulty kernels that the tests use to check the emulator catches what it claims to.
+// and four faulty kernels that the tests use to check the emulator catches what it claims to.
 #include "emulation.h"
 
 #include "rnn_dispatch.h"
@@ -17,6 +17,10 @@ __global__ void missing_barrier(float* out) {
   s[threadIdx.x] = static_cast<float>(threadIdx.x);
   // __syncthreads() belongs here
   out[threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+}
+
+__global__ void read_past_global(const float* in, float* out) {
+  out[threadIdx.x] = in[threadIdx.x + 1];  // the last thread reads one float past `in`
 }
 
 }  // namespace
@@ -42,6 +46,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("faulty_missing_barrier", [] {
     at::Tensor out = at::empty({32});
     hnrnn::cuda::launch(missing_barrier, 1, 32, 32 * sizeof(float), 0, out.data_ptr<float>());
+    return out;
+  });
+  m.def("faulty_read_past_global", [] {  // caught by AddressSanitizer, when the module is built with it
+    at::Tensor in = at::zeros({32}), out = at::empty({32});
+    hnrnn::cuda::launch(read_past_global, 1, 32, 0, 0, in.data_ptr<float>(), out.data_ptr<float>());
     return out;
   });
   m.def("faulty_too_much_shared",
