@@ -5,7 +5,7 @@
 # benchmarks/results/<device>/ and commit (then run `hnrnn report`).
 #
 #   usage: bash benchmarks/gpu_check.sh OUT_DIR [STAGE ...]
-#   stages: build test bench zoo   (default: all four, in that order)
+#   stages: build test bench zoo sanitize   (default: the first four, in that order)
 #
 # Sized for a short GPU session: each stage has its own time limit (build and test about 8
 # minutes together, bench about 6, zoo about 4), so a machine that limits a command's time can
@@ -14,7 +14,7 @@
 # tier is CI's job and is not repeated here. Benchmarks cover the seed shapes; set
 # HNRNN_BENCH_GRID=1 (or =full) for the shape grids when there is time for them.
 set -uo pipefail
-OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [build|test|bench|zoo ...]}" && cd "$1" && pwd)
+OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [build|test|bench|zoo|sanitize ...]}" && cd "$1" && pwd)
 shift
 STAGES=${*:-build test bench zoo}
 cd "$(dirname "$0")/.."
@@ -43,6 +43,26 @@ stage_bench() {
   done
 }
 
+stage_sanitize() {
+  # compute-sanitizer over the GPU tier's kernel tests (issue 6): memcheck (out-of-bounds and
+  # misaligned accesses; torch's caching allocator off so a read past a tensor is past its
+  # allocation) on every CUDA and Triton case, racecheck (shared-memory hazards, i.e. a missing
+  # __syncthreads in the persistent kernels) on the float64 comparisons. Both are slow: smaller
+  # test selections than the test stage, and their own time limits.
+  local cs
+  cs=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  [ -x "$cs" ] || { echo "compute-sanitizer not found (looked on PATH and in \$CUDA_HOME/bin)"; return 1; }
+  local tests=(tests/test_rnn_gpu.py tests/test_zoo_cell_gpu.py) mem=0 race=0
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 "$cs" --tool memcheck --error-exitcode 1 --print-limit 20 \
+    python -m pytest -m gpu "${tests[@]}" -q -p no:cacheprovider -o addopts= -k "not compile and not opcheck" || mem=$?
+  echo "memcheck exit code: $mem"
+  timeout 240 "$cs" --tool racecheck --error-exitcode 1 --print-limit 20 \
+    python -m pytest -m gpu "${tests[@]}" -q -p no:cacheprovider -o addopts= \
+    -k "float64_matches or backends_match_reference" || race=$?
+  echo "racecheck exit code: $race"
+  [ "$mem" -eq 0 ] && [ "$race" -eq 0 ]
+}
+
 stage_zoo() {
   for backend in eager cuda triton; do
     timeout 80 hnrnn zoo --device cuda --seeds 1 --backend $backend --json "$OUT/zoo-$backend.json" | tail -9
@@ -52,8 +72,8 @@ stage_zoo() {
 
 for stage in $STAGES; do
   case $stage in
-    build|test|bench|zoo) ;;
-    *) echo "unknown stage '$stage' (build, test, bench, zoo)"; exit 2 ;;
+    build|test|bench|zoo|sanitize) ;;
+    *) echo "unknown stage '$stage' (build, test, bench, zoo, sanitize)"; exit 2 ;;
   esac
   say "$stage" | tee "$OUT/log-$stage.txt"
   "stage_$stage" 2>&1 | tee -a "$OUT/log-$stage.txt"
