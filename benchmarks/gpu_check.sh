@@ -8,9 +8,9 @@
 #   stages: build test bench zoo sanitize   (default: the first four, in that order)
 #
 # Sized for a short GPU session: each stage has its own time limit (build and test about 8
-# minutes together, bench about 6, zoo about 4), so a machine that limits a command's time can
-# run them one call at a time (`build test`, then `bench`, then `zoo`); the build stays in place
-# between calls. A stage that runs out of time logs it and the next one still runs. The CPU test
+# minutes together, bench about 6, zoo about 4, sanitize about 9), so a machine that limits a
+# command's time can run them one call at a time (`build test`, then `bench`, then `zoo`, then
+# `sanitize`); the build stays in place between calls. A stage that runs out of time logs it and the next one still runs. The CPU test
 # tier is CI's job and is not repeated here. Benchmarks cover the seed shapes; set
 # HNRNN_BENCH_GRID=1 (or =full) for the shape grids when there is time for them.
 set -uo pipefail
@@ -44,21 +44,22 @@ stage_bench() {
 }
 
 stage_sanitize() {
-  # compute-sanitizer over the GPU tier's kernel tests (issue 6): memcheck (out-of-bounds and
-  # misaligned accesses; torch's caching allocator off so a read past a tensor is past its
-  # allocation) on every CUDA and Triton case, racecheck (shared-memory hazards, i.e. a missing
-  # __syncthreads in the persistent kernels) on the cuda backend's float64 / reference comparisons. Both are slow: smaller
-  # test selections than the test stage, and their own time limits.
+  # compute-sanitizer over the GPU tier's kernel tests (issue 6). memcheck (out-of-bounds and
+  # misaligned accesses; torch's caching allocator off, so a read past a tensor is past its
+  # allocation) on every CUDA and Triton case; racecheck (shared-memory hazards: a missing
+  # __syncthreads in the persistent kernels) on the cuda backend's float64 / reference
+  # comparisons. Both are slow, hence smaller selections than the test stage and own limits.
   local cs
   cs=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   [ -x "$cs" ] || { echo "compute-sanitizer not found (looked on PATH and in \$CUDA_HOME/bin)"; return 1; }
-  local tests=(tests/test_rnn_gpu.py tests/test_zoo_cell_gpu.py) mem=0 race=0
+  local pytest=(python -m pytest -m gpu tests/test_rnn_gpu.py tests/test_zoo_cell_gpu.py -q -p no:cacheprovider
+                -o addopts=)
+  local mem=0 race=0
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 "$cs" --tool memcheck --error-exitcode 1 --print-limit 20 \
-    python -m pytest -m gpu "${tests[@]}" -q -p no:cacheprovider -o addopts= -k "not compile and not opcheck" || mem=$?
+    "${pytest[@]}" -k "not compile and not opcheck" || mem=$?
   echo "memcheck exit code: $mem"
   timeout 240 "$cs" --tool racecheck --error-exitcode 1 --print-limit 20 \
-    python -m pytest -m gpu "${tests[@]}" -q -p no:cacheprovider -o addopts= \
-    -k "(float64_matches or backends_match_reference) and not triton" || race=$?
+    "${pytest[@]}" -k "(float64_matches or backends_match_reference) and not triton" || race=$?
   echo "racecheck exit code: $race"
   [ "$mem" -eq 0 ] && [ "$race" -eq 0 ]
 }

@@ -8,8 +8,8 @@
 // tensor scaled by 1 / (1 - p), so the RNG stream is the one torch.nn.GRU / RNN draw on the CPU.
 // Backward walks the layers in reverse: the recurrence backward op (only dh stays sequential),
 // then dW_hh, dW_ih, the biases and dx as GEMMs / reductions over all steps at once.
-// On the GPU a unidirectional stack without dropout whose weights fit one SM runs its recurrences
-// as one launch instead, forward and backward (stack_recurrence_cuda, the wavefront of
+// On the GPU a unidirectional stack of 2+ layers with no dropout running (eval, or p = 0) whose
+// weights fit one SM runs its recurrences as one launch instead, forward and backward (stack_recurrence_cuda, the wavefront of
 // csrc/cuda/rnn.cu), with the same outputs and `saved`; the GEMMs stay as above.
 //
 // One op per module call replaces a Python loop over layers whose glue (projection, autograd
