@@ -40,7 +40,8 @@ def test_cuda_kernels_keep_to_registers():
                             text=True, check=True).stdout
     usage = re.findall(r"Function (\S+):\s+REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", report)
     names = " ".join(name for name, *_ in usage)
-    assert "persistent_fwd_kernel" in names and "fwd_persistent_kernel" in names, "no CUDA kernels found in hnrnn._C"
+    for kernel in ("persistent_fwd_kernel", "grid_fwd_kernel", "grid_bwd_kernel", "fwd_persistent_kernel"):
+        assert kernel in names, f"no {kernel} found in hnrnn._C"
     spilling = [(name, stack, local) for name, _, stack, local in usage if int(stack) or int(local)]
     assert not spilling, f"CUDA kernels using local memory (name, stack bytes, local bytes): {spilling}"
 

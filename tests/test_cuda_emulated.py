@@ -68,22 +68,55 @@ def assert_close_all(got, want, names, tol):
 
 
 # ------------------------------------------------------------------------------ GRU / RNN
-# (kind, dtype, H, path). The persistent path holds W_hh in shared memory; past 227 KiB the
-# per-step path runs (cuBLAS GEMM + pointwise kernel). H = 128 in fp32 is the largest
-# persistent GRU; the per-step sizes are the smallest that no longer fit.
+# (kind, dtype, H, path). The persistent path holds W_hh in one block's shared memory (H = 128 in
+# fp32 is the largest persistent GRU); past it, the grid path spreads W_hh over the blocks of one
+# cooperative launch, one slice per SM; where that does not fit either, the per-step path runs
+# (cuBLAS GEMM + pointwise kernel). The grid and per-step cases shrink the emulated device
+# (DEVICE_LIMITS) so that small problems take them: a few SMs and little shared memory for the
+# grid path (several blocks, the last one with fewer units), one SM for the per-step path.
 RECURRENCE_CASES = [
     ("gru", torch.float32, 7, "persistent"),
     ("gru", torch.float32, 128, "persistent"),
+    ("gru", torch.float32, 50, "grid"),
     ("gru", torch.float32, 140, "per-step"),
     ("gru", torch.float64, 33, "persistent"),
+    ("gru", torch.float64, 64, "grid"),
     ("gru", torch.float64, 100, "per-step"),
     ("rnn_tanh", torch.float32, 64, "persistent"),
+    ("rnn_tanh", torch.float32, 130, "grid"),
     ("rnn_tanh", torch.float64, 170, "per-step"),
     ("rnn_relu", torch.float32, 9, "persistent"),
+    ("rnn_relu", torch.float32, 97, "grid"),
     ("rnn_relu", torch.float32, 240, "per-step"),
     ("gru", torch.bfloat16, 64, "persistent"),
+    ("gru", torch.bfloat16, 72, "grid"),
     ("gru", torch.float16, 50, "persistent"),
+    ("gru", torch.float16, 80, "grid"),
 ]
+# (SMs, shared memory per block) of the emulated device, per path: the grid cases' one-block
+# kernels need more than 32 KiB; the per-step cases' W_hh alone is more than 200 KiB.
+DEVICE_LIMITS = {"grid": (5, 32 * 1024), "per-step": (1, 200 * 1024)}
+
+
+@pytest.fixture
+def device_limits(emu):
+    """emu.set_device_limits(sm_count, max_shared or the default), restored after the test."""
+    default_sms, default_shared = emu.default_device_limits()
+    yield lambda sms, shared=None: emu.set_device_limits(sms, shared or default_shared)
+    emu.set_device_limits(default_sms, default_shared)
+
+
+def launches_of(emu, fn):
+    """fn()'s result and the (plain, cooperative) launches it made."""
+    before = emu.launch_counts()
+    result = fn()
+    return result, tuple(a - b for a, b in zip(emu.launch_counts(), before))
+
+
+def assert_path(path, launches, T):
+    """The launches one call makes on each path (both orders ran: twice)."""
+    want = {"persistent": (2, 0), "grid": (0, 2), "per-step": (2 * T, 0)}[path]
+    assert launches == want, f"expected the {path} path ({want} launches), got {launches}"
 
 
 def recurrence_call(module, kind, *args, backward=False):
@@ -96,10 +129,13 @@ def recurrence_call(module, kind, *args, backward=False):
 
 @pytest.mark.parametrize("kind,dtype,H,path", RECURRENCE_CASES,
                          ids=[f"{k}-{str(d)[6:]}-H{h}-{p}" for k, d, h, p in RECURRENCE_CASES])
-@pytest.mark.parametrize("reverse,packed", [(False, False), (True, True)], ids=["forward", "reverse-packed"])
-def test_recurrence(emu, kind, dtype, H, path, reverse, packed):
+@pytest.mark.parametrize("reverse,packed,B", [(False, False, 19), (True, True, 19), (False, False, 1)],
+                         ids=["forward", "reverse-packed", "B1"])
+def test_recurrence(emu, device_limits, kind, dtype, H, path, reverse, packed, B):
     G = 3 if kind == "gru" else 1
-    T, B = 6, 19  # 19 rows: three blocks of the persistent kernels, the last one partial
+    T = 6  # B = 19 rows: three blocks of the persistent kernels / passes of the grid ones, the last partial
+    if path in DEVICE_LIMITS:
+        device_limits(*DEVICE_LIMITS[path])
     g = torch.Generator().manual_seed(H)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     gx, h0, w, b = r(T, B, G * H), r(B, H), r(G * H, H) / H ** 0.5, r(G * H) * 0.1
@@ -113,14 +149,18 @@ def test_recurrence(emu, kind, dtype, H, path, reverse, packed):
     ref_dtype = torch.float32 if low else dtype
     ref_cast = lambda *ts: [t.to(dtype).to(ref_dtype) for t in ts]  # noqa: E731
 
-    out = both_orders(emu, lambda: recurrence_call(emu, kind, *cast(gx, h0, w, b), reverse, lengths))
+    out, launches = launches_of(emu, lambda: both_orders(
+        emu, lambda: recurrence_call(emu, kind, *cast(gx, h0, w, b), reverse, lengths)))
+    assert_path(path, launches, T)
     want = recurrence_call(torch.ops.hnrnn, kind, *ref_cast(gx, h0, w, b), reverse, lengths)
     tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 3e-2)
     assert_close_all(out, want, ["out", "h_n", "ws"], tol)
 
     ws = out[2]
-    grads = both_orders(emu, lambda: recurrence_call(emu, kind, *cast(grad_out, grad_h), ws, *cast(w), reverse,
-                                                     lengths, backward=True))
+    grads, launches = launches_of(emu, lambda: both_orders(
+        emu, lambda: recurrence_call(emu, kind, *cast(grad_out, grad_h), ws, *cast(w), reverse, lengths,
+                                     backward=True)))
+    assert_path(path, launches, T)
     want = recurrence_call(torch.ops.hnrnn, kind, *ref_cast(grad_out, grad_h), ws.to(ref_dtype), *ref_cast(w),
                            reverse, lengths, backward=True)
     names = ["d gates_x", "d gates_h", "d h0"] if kind == "gru" else ["d gates", "d h0"]
@@ -324,6 +364,28 @@ def test_emulator_catches_faulty_kernels(emu):
         both_orders(emu, lambda: [emu.faulty_missing_barrier()])
     with pytest.raises(RuntimeError, match="more than a block can have"):
         emu.faulty_too_much_shared()
+
+
+def test_emulator_catches_faulty_cooperative_kernels(emu, device_limits):
+    """What the emulator claims for cooperative launches, on faulty kernels (module.cpp): a block
+    reading another's write without a grid barrier between them changes with the order of the
+    blocks (and with the barrier it does not); threads or blocks that disagree on grid barriers,
+    a grid barrier in a plain launch, and a grid larger than the device runs at once, fail."""
+    with pytest.raises(AssertionError, match="a race"):
+        both_orders(emu, lambda: [emu.faulty_missing_grid_barrier(False)])
+    out = both_orders(emu, lambda: [emu.faulty_missing_grid_barrier(True)])[0]
+    assert out.tolist() == [1.0, 2.0, 3.0, 0.0]
+    with pytest.raises(RuntimeError, match="1 of 3 blocks wait at the grid barrier while the others finished"):
+        emu.faulty_grid_barrier_in_one_block()
+    with pytest.raises(RuntimeError, match=r"threads wait at __syncthreads\(\) while others wait at the grid barrier"):
+        emu.faulty_grid_barrier_in_one_thread()
+    with pytest.raises(RuntimeError, match="grid_sync\\(\\) in a launch that is not cooperative"):
+        emu.faulty_grid_barrier_not_cooperative()
+    with pytest.raises(RuntimeError, match=r"a cooperative launch of 265 blocks, more than the device runs at once \(264\)"):
+        emu.faulty_cooperative_grid_too_large()
+    device_limits(3)
+    with pytest.raises(RuntimeError, match=r"a cooperative launch of 7 blocks, more than the device runs at once \(6\)"):
+        emu.faulty_cooperative_grid_too_large()
 
 
 @pytest.mark.skipif(UNDER_ASAN, reason="this is the run under the sanitizer")

@@ -2,8 +2,10 @@
 
 Float64 is compared tightly with torch.nn; float32 (TF32 off) and bfloat16 must be within 2x
 of torch.nn's own error against a float64 truth. Hidden sizes cover the persistent / resident
-paths (W_hh on chip) and the per-step paths (H = 256, 512 on both backends; on the triton backend
-also H = 100 and 130 in float32 and float64, while H = 100 in 16-bit is its largest resident GRU,
+paths (W_hh on chip), on the cuda backend the grid path (H = 256, 512 at small batches: W_hh in
+slices over the SMs of one cooperative launch; H = 130 in float64) and the per-step path (H = 1024
+at B = 128), and on the triton backend the per-step path (H = 256, 512, 1024; also H = 100 and 130
+in float32 and float64, while H = 100 in 16-bit is its largest resident GRU,
 kernels/_common.RESIDENT_MAX_BLOCK_H). Unidirectional stacks whose weights fit one SM run as one
 wavefront launch on the cuda backend (the 2-layer GRU at H = 64 in 32 and 16 bits, the 3-layer RNN
 at H = 33 in every dtype)."""
@@ -34,7 +36,7 @@ CASES = [("gru", 64, 2, False, True, 20, 64, None), ("rnn", 64, 1, False, True, 
          ("gru", 7, 3, True, False, 33, 5, None), ("gru", 130, 1, True, False, 9, 17, None),
          ("gru", 256, 1, False, True, 5, 8, None), ("rnn", 512, 2, True, False, 4, 3, "relu"),
          ("rnn", 1, 1, False, False, 3, 1, "relu"), ("gru", 100, 1, False, True, 9, 40, None),
-         ("rnn", 33, 3, False, False, 12, 19, "relu")]
+         ("rnn", 33, 3, False, False, 12, 19, "relu"), ("gru", 1024, 1, False, False, 3, 128, None)]
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])

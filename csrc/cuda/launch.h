@@ -1,17 +1,19 @@
 #pragma once
 // The CUDA runtime as hnrnn's kernels use it: the device guard and stream, dynamic shared
-// memory, launches. rnn.cu and zoo_cell.cu reach the runtime only through these names, so that
+// memory, launches (plain and cooperative), the grid barrier. rnn.cu and zoo_cell.cu reach the runtime only through these names, so that
 // tests/cuda_emulation can compile the same sources as C++ and run every kernel on the CPU: it
 // defines HNRNN_CUDA_EMULATION and its own versions of everything below.
 #ifndef HNRNN_CUDA_EMULATION
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
 #include <math_constants.h>
 
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <tuple>
 #include <utility>
 
 namespace hnrnn::cuda {
@@ -28,27 +30,78 @@ __device__ __forceinline__ T* dynamic_shared() {
   return reinterpret_cast<T*>(hnrnn_dynamic_smem);
 }
 
-// The most dynamic shared memory a block may opt in to on `device`: queried once per device.
-inline int64_t max_dynamic_smem(int device) {
-  static std::array<std::atomic<int>, 64> cached{};  // 0: not queried yet
+// A device attribute, queried once per device (0: not queried yet).
+template <cudaDeviceAttr kAttribute>
+int device_attribute(int device) {
+  static std::array<std::atomic<int>, 64> cached{};
   const bool cacheable = device >= 0 && device < static_cast<int>(cached.size());
-  int bytes = cacheable ? cached[device].load(std::memory_order_relaxed) : 0;
-  if (bytes == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (cacheable) cached[device].store(bytes, std::memory_order_relaxed);
+  int value = cacheable ? cached[device].load(std::memory_order_relaxed) : 0;
+  if (value == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttribute, device));
+    if (cacheable) cached[device].store(value, std::memory_order_relaxed);
   }
-  return bytes;
+  return value;
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...), checked; more than the default 48 KiB of
-// dynamic shared memory is opted in to first.
-template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Stream stream, Args&&... args) {
+// The most dynamic shared memory a block may opt in to on `device`.
+inline int64_t max_dynamic_smem(int device) {
+  return device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(device);
+}
+
+inline int64_t sm_count(int device) { return device_attribute<cudaDevAttrMultiProcessorCount>(device); }
+
+// More than the default 48 KiB of dynamic shared memory must be opted in to, per kernel.
+template <typename... Params>
+void allow_dynamic_smem(void (*kernel)(Params...), size_t smem) {
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), checked.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Stream stream, Args&&... args) {
+  allow_dynamic_smem(kernel, smem);
   kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The most blocks of `kernel` (`threads` threads, `smem` bytes each) the device runs at once: the
+// largest grid a cooperative launch of it may have (0 where cooperative launches are unsupported).
+template <typename... Params>
+int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t smem, int device) {
+  if (device_attribute<cudaDevAttrCooperativeLaunch>(device) == 0) return 0;
+  allow_dynamic_smem(kernel, smem);
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return static_cast<int64_t>(per_sm) * sm_count(device);
+}
+
+// A cooperative launch: every block runs at once, so they may meet at grid_sync(). The grid must
+// not exceed co_resident_blocks.
+template <typename... Params, typename... Args>
+void launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Stream stream,
+                        Args&&... args) {
+  allow_dynamic_smem(kernel, smem);
+  std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  std::apply(
+      [&](auto&... p) {
+        void* pointers[] = {static_cast<void*>(&p)...};
+        C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, pointers,
+                                                   smem, stream));
+      },
+      params);
+}
+
+// The grid barrier of a cooperative launch: every thread of every block arrives before any
+// leaves, and what each wrote before it is visible to all after it.
+__device__ __forceinline__ void grid_sync() { cooperative_groups::this_grid().sync(); }
+
+// A load of what another block wrote during this launch: from L2, since an SM's L1 is not kept
+// coherent with the other SMs' writes.
+template <typename T>
+__device__ __forceinline__ T load_from_grid(const T* p) {
+  return __ldcg(p);
 }
 
 }  // namespace hnrnn::cuda

@@ -1,12 +1,14 @@
 // CUDA kernels of the GRU / vanilla-RNN recurrences (one layer, one direction).
 //
-// Two paths per layer, same results and the same workspace layout as the CPU kernels
-// (csrc/cpu/rnn.cpp), and a third for whole stacks:
+// Three paths per layer, same results and the same workspace layout as the CPU kernels
+// (csrc/cpu/rnn.cpp), and a fourth for whole stacks:
 //  * persistent: when W_hh fits in one SM's shared memory (H up to ~128 in fp32 on H100),
 //    one launch runs the whole time loop. Each block owns kRows batch rows, loads W_hh into
 //    shared memory once and keeps its state there; per step: the recurrent mat-vec from
 //    shared memory, then the fused gate math. Backward likewise keeps dh on chip and only
 //    does dh_prev = dh * z + dG_h W_hh per step.
+//  * grid: past one SM, while a step's work per block stays small (grid_plan), one cooperative
+//    launch whose blocks each hold a slice of W_hh, with a grid barrier per step.
 //  * per step: otherwise, one cuBLAS GEMM (at::mm_out / addmm_) plus one fused pointwise
 //    kernel per step.
 //  * stacked: every layer of a unidirectional stack in one persistent launch, a wavefront over
@@ -113,6 +115,45 @@ __device__ __forceinline__ acc_t bwd_element(bool active, int64_t H, int64_t j, 
 
 __device__ __forceinline__ bool is_active(const int64_t* len, int64_t b, int64_t t) {
   return len == nullptr || t < len[b];
+}
+
+// fwd_element / bwd_element for one unit whose recurrent gate sums (gh_v) or gate gradients
+// (g3) are not laid out as (G, H) rows: its entries gathered into compact vectors (H' = 1,
+// j' = 0), the results scattered back. gx, bias, out, ws, go, dgx, dgh: as fwd_element's.
+template <bool GRU, bool RELU, typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t unit_forward(bool active, int64_t H, int64_t j, const scalar_t* gx,
+                                              const acc_t* gh_v, const scalar_t* bias, acc_t hp, scalar_t* out,
+                                              scalar_t* ws) {
+  constexpr int G = GRU ? 3 : 1;
+  constexpr int W = GRU ? 5 : 2;
+  scalar_t gx_v[3], b_v[3], ws_v[5], out_v;
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    gx_v[g] = gx[g * H + j];
+    b_v[g] = bias ? bias[g * H + j] : scalar_t(0);
+  }
+  const acc_t h = fwd_element<GRU, RELU, acc_t, scalar_t>(active, 1, 0, gx_v, gh_v, b_v, hp, &out_v, ws_v);
+#pragma unroll
+  for (int k = 0; k < W; ++k) ws[k * H + j] = ws_v[k];
+  out[j] = out_v;
+  return h;
+}
+
+template <bool GRU, bool RELU, typename acc_t, typename scalar_t>
+__device__ __forceinline__ acc_t unit_backward(bool active, int64_t H, int64_t j, acc_t dh, const scalar_t* go,
+                                               const scalar_t* ws, scalar_t* dgx, scalar_t* dgh, acc_t* g3) {
+  constexpr int G = GRU ? 3 : 1;
+  constexpr int W = GRU ? 5 : 2;
+  scalar_t ws_v[W], dgx_v[3], dgh_v[3], go_v = go[j];
+#pragma unroll
+  for (int k = 0; k < W; ++k) ws_v[k] = ws[k * H + j];
+  const acc_t d = bwd_element<GRU, RELU, acc_t, scalar_t>(active, 1, 0, dh, &go_v, ws_v, dgx_v, dgh_v, g3);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    dgx[g * H + j] = dgx_v[g];
+    if (GRU) dgh[g * H + j] = dgh_v[g];
+  }
+  return d;
 }
 
 // ---------------------------------------------------------------- persistent kernels
@@ -408,8 +449,7 @@ stack_bwd_kernel(int64_t L, int64_t T, int64_t B, int64_t H, const int64_t* __re
 }
 
 // ---------------------------------------------------------------- per-step kernels
-// One thread per (row, unit): gather the unit's entries into compact vectors and run the
-// shared element code on them with H = 1, j = 0, then scatter the results.
+// One thread per (row, unit).
 template <bool GRU, bool RELU, typename scalar_t>
 __global__ void step_fwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* __restrict__ len,
                                 const scalar_t* __restrict__ gx_t, const scalar_t* __restrict__ gh,
@@ -417,24 +457,14 @@ __global__ void step_fwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
                                 scalar_t* __restrict__ out_t, scalar_t* __restrict__ ws_t) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
-  constexpr int W = GRU ? 5 : 2;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * H) return;
   const int64_t b = i / H, j = i % H;
   acc_t gh_v[3];
-  scalar_t gx_v[3], b_v[3], ws_v[5], out_v;
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    gh_v[g] = acc_t(gh[b * G * H + g * H + j]);
-    gx_v[g] = gx_t[b * G * H + g * H + j];
-    b_v[g] = bias ? bias[g * H + j] : scalar_t(0);
-  }
-  const acc_t hn = fwd_element<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), 1, 0, gx_v, gh_v, b_v,
-                                                           acc_t(h[i]), &out_v, ws_v);
-#pragma unroll
-  for (int k = 0; k < W; ++k) ws_t[b * W * H + k * H + j] = ws_v[k];
-  out_t[i] = out_v;
-  h[i] = scalar_t(hn);
+  for (int g = 0; g < G; ++g) gh_v[g] = acc_t(gh[b * G * H + g * H + j]);
+  h[i] = scalar_t(unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), H, j, gx_t + b * G * H, gh_v, bias,
+                                                           acc_t(h[i]), out_t + b * H, ws_t + b * (GRU ? 5 : 2) * H));
 }
 
 template <bool GRU, bool RELU, typename scalar_t>
@@ -444,23 +474,160 @@ __global__ void step_bwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
                                 scalar_t* __restrict__ dgh_t, scalar_t* __restrict__ dprev) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
-  constexpr int W = GRU ? 5 : 2;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= B * H) return;
   const int64_t b = i / H, j = i % H;
-  // gather unit j's workspace entries into a compact vector (H' = 1, j' = 0)
-  scalar_t ws_v[W], dgx_v[3], dgh_v[3], go_v = go_t[i];
-#pragma unroll
-  for (int k = 0; k < W; ++k) ws_v[k] = ws_t[b * W * H + k * H + j];
   acc_t g3[3];
-  const acc_t d = bwd_element<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), 1, 0, acc_t(dh[i]), &go_v, ws_v,
-                                                          dgx_v, dgh_v, g3);
-#pragma unroll
-  for (int g = 0; g < G; ++g) {
-    dgx_t[b * G * H + g * H + j] = dgx_v[g];
-    if (GRU) dgh_t[b * G * H + g * H + j] = dgh_v[g];
+  dprev[i] = scalar_t(unit_backward<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), H, j, acc_t(dh[i]),
+                                                                go_t + b * H, ws_t + b * (GRU ? 5 : 2) * H,
+                                                                dgx_t + b * G * H, dgh_t + b * G * H, g3));
+}
+
+// ---------------------------------------------------------------- grid-wide persistent kernels
+// For W_hh too large for one SM: one cooperative launch whose blocks hold slices of it, and one
+// grid barrier per step (launch.h: grid_sync). Block k owns the units J_k = [k S, k S + S).
+//  * forward: it keeps the G S rows of W_hh that produce its units' gates in shared memory; per
+//    step it reads the whole previous state (written by every block) from a double-buffered
+//    state in global memory, R batch rows at a time, computes its units' recurrent gate sums,
+//    runs the gate math and writes its units of the new state; then the barrier.
+//  * backward: it keeps the S columns of W_hh of its units; per reverse step dh_t[:, J_k] is
+//    the direct part it kept from the step after plus dG_h,t+1 (every block's, double-buffered
+//    in global memory) times those columns; then the gate math, which writes its units' dG_h,t;
+//    then the barrier. After the last step the same product gives dh0.
+// Each dot product of length K is split over P threads (strided over k) whose partial sums are
+// added in a fixed order: the results do not depend on the scheduling. The state and the
+// carried gradients stay in acc_t, as in the one-block kernels.
+constexpr int kGridThreads = 256;
+constexpr int64_t kGridRows = 8;  // batch rows per pass, at most
+
+template <bool GRU, bool RELU, typename scalar_t>
+__global__ void __launch_bounds__(kGridThreads)
+grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P, bool reverse,
+                const int64_t* __restrict__ len, const scalar_t* __restrict__ gx, const scalar_t* __restrict__ h0,
+                const scalar_t* __restrict__ w, const scalar_t* __restrict__ bias, scalar_t* __restrict__ out,
+                scalar_t* __restrict__ h_n, scalar_t* __restrict__ ws, at::opmath_type<scalar_t>* state) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = GRU ? 3 : 1;
+  const int64_t GH = G * H, GS = G * S, Hp = H + 1;  // rows padded by one: distinct banks per row
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * S, ns = H - j0 < S ? H - j0 : S;
+  acc_t* h_s = cuda::dynamic_shared<acc_t>();                          // [R][Hp] previous state
+  acc_t* part_s = h_s + R * Hp;                                        // [R][GS][P] partial gate sums
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(part_s + R * GS * P);    // [GS][Hp]: row g S + jj = W[g H + j0 + jj]
+  for (int64_t i = threadIdx.x; i < GS * H; i += blockDim.x) {
+    const int64_t row = i / H, k = i % H, jj = row % S;
+    if (jj < ns) w_s[row * Hp + k] = w[((row / S) * H + j0 + jj) * H + k];
   }
-  dprev[i] = scalar_t(d);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = reverse ? T - 1 - s : s;
+    const acc_t* prev = state + ((s + 1) & 1) * B * H;  // h_{s-1}, from every block
+    acc_t* next = state + (s & 1) * B * H;
+    for (int64_t c0 = 0; c0 < B; c0 += R) {
+      const int64_t nb = B - c0 < R ? B - c0 : R;
+      __syncthreads();  // h_s and part_s are free (and, the first time, w_s is written)
+      for (int64_t i = threadIdx.x; i < nb * H; i += blockDim.x) {
+        const int64_t b = i / H, k = i % H, at = (c0 + b) * H + k;
+        h_s[b * Hp + k] = s == 0 ? acc_t(h0[at]) : cuda::load_from_grid(prev + at);
+      }
+      __syncthreads();
+      for (int64_t q = threadIdx.x; q < nb * GS * P; q += blockDim.x) {
+        const int64_t p = q % P, row = q / P % GS, b = q / P / GS;
+        if (row % S >= ns) continue;
+        acc_t acc = acc_t(0);
+        for (int64_t k = p; k < H; k += P) acc += acc_t(w_s[row * Hp + k]) * h_s[b * Hp + k];
+        part_s[q] = acc;
+      }
+      __syncthreads();
+      for (int64_t i = threadIdx.x; i < nb * ns; i += blockDim.x) {
+        const int64_t b = i / ns, jj = i % ns, j = j0 + jj, gb = c0 + b, r = t * B + gb;
+        acc_t gh_v[3];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const acc_t* parts = part_s + (b * GS + g * S + jj) * P;
+          acc_t sum = parts[0];
+          for (int64_t p = 1; p < P; ++p) sum += parts[p];
+          gh_v[g] = sum;
+        }
+        const acc_t h = unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_v, bias,
+                                                                 h_s[b * Hp + j], out + r * H,
+                                                                 ws + r * (GRU ? 5 : 2) * H);
+        next[gb * H + j] = h;
+        if (s == T - 1) h_n[gb * H + j] = scalar_t(h);
+      }
+    }
+    if (s + 1 < T) cuda::grid_sync();
+  }
+}
+
+template <bool GRU, bool RELU, typename scalar_t>
+__global__ void __launch_bounds__(kGridThreads)
+grid_bwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P, bool reverse,
+                const int64_t* __restrict__ len, const scalar_t* __restrict__ go, const scalar_t* __restrict__ g_hn,
+                const scalar_t* __restrict__ ws, const scalar_t* __restrict__ w, scalar_t* __restrict__ dgx,
+                scalar_t* __restrict__ dgh, scalar_t* __restrict__ dh0, at::opmath_type<scalar_t>* dgh_grid,
+                at::opmath_type<scalar_t>* __restrict__ carry) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int G = GRU ? 3 : 1;
+  const int64_t GH = G * H, GHp = GH + 1;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * S, ns = H - j0 < S ? H - j0 : S;
+  acc_t* d_s = cuda::dynamic_shared<acc_t>();                        // [R][GHp] dG_h of the step after
+  acc_t* part_s = d_s + R * GHp;                                     // [R][S][P] partial products
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(part_s + R * S * P);   // [GH][S]: W[row][j0 + jj]
+  for (int64_t i = threadIdx.x; i < GH * S; i += blockDim.x) {
+    const int64_t row = i / S, jj = i % S;
+    if (jj < ns) w_s[i] = w[row * H + j0 + jj];
+  }
+  // dG_h (of the step after: every block's) times this block's columns of W_hh, for R rows from c0:
+  // part_s[b][jj][p], summed by recurrent_part.
+  auto products = [&](const acc_t* dgh_after, int64_t c0, int64_t nb) {
+    __syncthreads();  // d_s and part_s are free (and, the first time, w_s is written)
+    for (int64_t i = threadIdx.x; i < nb * GH; i += blockDim.x) {
+      const int64_t b = i / GH, row = i % GH;
+      d_s[b * GHp + row] = cuda::load_from_grid(dgh_after + (c0 + b) * GH + row);
+    }
+    __syncthreads();
+    for (int64_t q = threadIdx.x; q < nb * S * P; q += blockDim.x) {
+      const int64_t p = q % P, jj = q / P % S, b = q / P / S;
+      if (jj >= ns) continue;
+      acc_t acc = acc_t(0);
+      for (int64_t row = p; row < GH; row += P) acc += d_s[b * GHp + row] * acc_t(w_s[row * S + jj]);
+      part_s[q] = acc;
+    }
+    __syncthreads();
+  };
+  auto recurrent_part = [&](int64_t b, int64_t jj) {
+    const acc_t* parts = part_s + (b * S + jj) * P;
+    acc_t sum = parts[0];
+    for (int64_t p = 1; p < P; ++p) sum += parts[p];
+    return sum;
+  };
+  for (int64_t s = T - 1; s >= 0; --s) {  // the forward order, reversed
+    const int64_t t = reverse ? T - 1 - s : s;
+    const acc_t* after = dgh_grid + ((s + 1) & 1) * B * GH;  // dG_h of step s + 1
+    acc_t* mine = dgh_grid + (s & 1) * B * GH;
+    for (int64_t c0 = 0; c0 < B; c0 += R) {
+      const int64_t nb = B - c0 < R ? B - c0 : R;
+      if (s < T - 1) products(after, c0, nb);
+      for (int64_t i = threadIdx.x; i < nb * ns; i += blockDim.x) {
+        const int64_t b = i / ns, jj = i % ns, j = j0 + jj, gb = c0 + b, r = t * B + gb;
+        const acc_t dh = s == T - 1 ? acc_t(g_hn[gb * H + j]) : carry[gb * H + j] + recurrent_part(b, jj);
+        acc_t g3[3];
+        carry[gb * H + j] = unit_backward<GRU, RELU, acc_t, scalar_t>(
+            is_active(len, gb, t), H, j, dh, go + r * H, ws + r * (GRU ? 5 : 2) * H, dgx + r * GH,
+            GRU ? dgh + r * GH : dgx + r * GH, g3);
+#pragma unroll
+        for (int g = 0; g < G; ++g) mine[gb * GH + g * H + j] = g3[g];
+      }
+    }
+    cuda::grid_sync();
+  }
+  for (int64_t c0 = 0; c0 < B; c0 += R) {  // dh0 = the direct part + dG_h of step 0 times W_hh
+    const int64_t nb = B - c0 < R ? B - c0 : R;
+    products(dgh_grid, c0, nb);
+    for (int64_t i = threadIdx.x; i < nb * ns; i += blockDim.x) {
+      const int64_t b = i / ns, jj = i % ns, gb = c0 + b;
+      dh0[gb * H + j0 + jj] = scalar_t(carry[gb * H + j0 + jj] + recurrent_part(b, jj));
+    }
+  }
 }
 
 // ---------------------------------------------------------------- host side
@@ -487,6 +654,49 @@ size_t bwd_smem_bytes(int64_t H, int G) {
 
 int persistent_blocks(int64_t B) { return static_cast<int>((B + kRows - 1) / kRows); }
 
+// The grid path's geometry: S units per block, R batch rows per pass, P threads per dot product.
+struct GridPlan {
+  int64_t blocks = 0;  // 0: the grid path does not apply
+  int64_t slice = 0, rows = 0, parts = 1;
+  size_t smem = 0;
+};
+
+// A guess until measured on the device: past this many multiply-adds per block and step, the
+// per-step path's cuBLAS GEMM (every SM, tensor-core-free fp32 at full rate) should be faster.
+constexpr int64_t kGridMaxBlockMacs = int64_t(1) << 20;
+
+// The power of two P <= 32 (and <= the dot length) such that `outputs` dot products, P threads
+// each, fill the block best.
+inline int64_t dot_parts(int64_t outputs, int64_t length) {
+  int64_t p = 1;
+  while (p < 32 && 2 * p * outputs <= kGridThreads && 2 * p <= length) p *= 2;
+  return p;
+}
+
+// The fewest units per block that put at most one block on each SM (more blocks would each read
+// the whole state every step for less work), then the most rows per pass that fit in shared
+// memory. The forward keeps G S rows of W_hh and one pass of the state (R x H), the backward S
+// columns of W_hh and one pass of dG_h (R x GH).
+template <typename scalar_t, typename Kernel>
+GridPlan grid_plan(Kernel kernel, bool backward, int64_t B, int64_t H, int G, int device) {
+  using acc_t = at::opmath_type<scalar_t>;
+  GridPlan plan;
+  const int64_t S = (H + cuda::sm_count(device) - 1) / cuda::sm_count(device);
+  if (B * G * S * H > kGridMaxBlockMacs) return plan;
+  for (int64_t R = std::min(B, kGridRows); R >= 1; --R) {
+    const int64_t outputs = backward ? R * S : R * G * S, length = backward ? G * H : H;
+    const int64_t P = dot_parts(outputs, length);
+    const size_t smem = backward ? (R * (G * H + 1) + outputs * P) * sizeof(acc_t) + G * H * S * sizeof(scalar_t)
+                                 : (R * (H + 1) + outputs * P) * sizeof(acc_t) + G * S * (H + 1) * sizeof(scalar_t);
+    if (static_cast<int64_t>(smem) > cuda::max_dynamic_smem(device)) continue;
+    const int64_t blocks = (H + S - 1) / S;
+    if (blocks > cuda::co_resident_blocks(kernel, kGridThreads, smem, device)) return plan;
+    plan = GridPlan{blocks, S, R, P, smem};
+    return plan;
+  }
+  return plan;
+}
+
 c10::optional<at::Tensor> device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& like) {
   if (!lengths.has_value()) return c10::nullopt;
   return lengths->to(like.device(), at::kLong).contiguous();
@@ -512,11 +722,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h0.scalar_type(), "hnrnn_recurrence_cuda", [&] {
     const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    using acc_t = at::opmath_type<scalar_t>;
+    const int device = gates_x.get_device();
     const size_t smem = fwd_smem_bytes<scalar_t>(H, G);
-    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(gates_x.get_device())) {
+    const auto grid_kernel = grid_fwd_kernel<GRU, RELU, scalar_t>;
+    GridPlan plan;
+    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device)) {
       cuda::launch(persistent_fwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                    bp, out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>());
+    } else if ((plan = grid_plan<scalar_t>(grid_kernel, false, B, H, G, device)).blocks > 0) {
+      at::Tensor state = empty_output({2, B, H}, h0.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+      cuda::launch_cooperative(grid_kernel, plan.blocks, kGridThreads, plan.smem, stream, T, B, H, plan.slice,
+                               plan.rows, plan.parts, reverse, lp, gates_x.data_ptr<scalar_t>(),
+                               h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
+                               h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(), state.data_ptr<acc_t>());
     } else {
       h_n.copy_(h0);  // the running state
       at::Tensor gh = empty_output({B, G * H}, h0.options());
@@ -554,12 +774,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_out.scalar_type(), "hnrnn_recurrence_backward_cuda",
                                   [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int device = grad_out.get_device();
     const size_t smem = bwd_smem_bytes<scalar_t>(H, G);
-    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(grad_out.get_device())) {
+    const auto grid_kernel = grid_bwd_kernel<GRU, RELU, scalar_t>;
+    GridPlan plan;
+    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device)) {
       cuda::launch(persistent_bwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, grad_out.data_ptr<scalar_t>(), grad_h_n.data_ptr<scalar_t>(),
                    ws.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(),
                    dgh.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>());
+    } else if ((plan = grid_plan<scalar_t>(grid_kernel, true, B, H, G, device)).blocks > 0) {
+      const auto acc_options = grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
+      at::Tensor dgh_grid = empty_output({2, B, G * H}, acc_options), carry = empty_output({B, H}, acc_options);
+      cuda::launch_cooperative(grid_kernel, plan.blocks, kGridThreads, plan.smem, stream, T, B, H, plan.slice,
+                               plan.rows, plan.parts, reverse, lp, grad_out.data_ptr<scalar_t>(),
+                               grad_h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                               dgx.data_ptr<scalar_t>(), dgh.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>(),
+                               dgh_grid.data_ptr<acc_t>(), carry.data_ptr<acc_t>());
     } else {
       // The carried gradient and the next one, swapped each step (no copy between them).
       at::Tensor carried = grad_h_n.clone(), next = empty_output({B, H}, grad_out.options());
