@@ -494,11 +494,17 @@ __global__ void step_bwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
 //    the direct part it kept from the step after plus dG_h,t+1 (every block's, double-buffered
 //    in global memory) times those columns; then the gate math, which writes its units' dG_h,t;
 //    then the barrier. After the last step the same product gives dh0.
-// Each dot product of length K is split over P threads (strided over k) whose partial sums are
-// added in a fixed order: the results do not depend on the scheduling. The state and the
-// carried gradients stay in acc_t, as in the one-block kernels.
+// Each thread computes one dot product's share for all R rows of a pass (accumulators in
+// registers, so each weight read from shared memory serves R multiply-adds); a dot product is
+// split over P threads, strided over its length, whose partial sums are added in a fixed order:
+// the results do not depend on the scheduling. The state and the carried gradients stay in
+// acc_t, as in the one-block kernels.
 constexpr int kGridThreads = 256;
 constexpr int64_t kGridRows = 8;  // batch rows per pass, at most
+
+// Row stride of the forward's W_hh slice in shared memory: with P threads on consecutive k of
+// one row and the next row's threads after them, every lane of a warp reads a distinct bank.
+__host__ __device__ __forceinline__ int64_t grid_w_stride(int64_t H, int64_t P) { return (H + 31) / 32 * 32 + P; }
 
 template <bool GRU, bool RELU, typename scalar_t>
 __global__ void __launch_bounds__(kGridThreads)
@@ -508,14 +514,14 @@ grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
                 scalar_t* __restrict__ h_n, scalar_t* __restrict__ ws, at::opmath_type<scalar_t>* state) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
-  const int64_t GH = G * H, GS = G * S, Hp = H + 1;  // rows padded by one: distinct banks per row
+  const int64_t GH = G * H, GS = G * S, Wp = grid_w_stride(H, P);
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * S, ns = H - j0 < S ? H - j0 : S;
-  acc_t* h_s = cuda::dynamic_shared<acc_t>();                          // [R][Hp] previous state
-  acc_t* part_s = h_s + R * Hp;                                        // [R][GS][P] partial gate sums
-  scalar_t* w_s = reinterpret_cast<scalar_t*>(part_s + R * GS * P);    // [GS][Hp]: row g S + jj = W[g H + j0 + jj]
+  acc_t* h_s = cuda::dynamic_shared<acc_t>();                          // [R][H] previous state
+  acc_t* part_s = h_s + R * H;                                         // [R][GS][P] partial gate sums
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(part_s + R * GS * P);    // [GS][Wp]: row g S + jj = W[g H + j0 + jj]
   for (int64_t i = threadIdx.x; i < GS * H; i += blockDim.x) {
     const int64_t row = i / H, k = i % H, jj = row % S;
-    if (jj < ns) w_s[row * Hp + k] = w[((row / S) * H + j0 + jj) * H + k];
+    if (jj < ns) w_s[row * Wp + k] = w[((row / S) * H + j0 + jj) * H + k];
   }
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = reverse ? T - 1 - s : s;
@@ -524,17 +530,26 @@ grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
     for (int64_t c0 = 0; c0 < B; c0 += R) {
       const int64_t nb = B - c0 < R ? B - c0 : R;
       __syncthreads();  // h_s and part_s are free (and, the first time, w_s is written)
-      for (int64_t i = threadIdx.x; i < nb * H; i += blockDim.x) {
-        const int64_t b = i / H, k = i % H, at = (c0 + b) * H + k;
-        h_s[b * Hp + k] = s == 0 ? acc_t(h0[at]) : cuda::load_from_grid(prev + at);
+      for (int64_t i = threadIdx.x; i < R * H; i += blockDim.x) {  // rows past the batch: zeros
+        const int64_t at = c0 * H + i;
+        h_s[i] = i >= nb * H ? acc_t(0) : s == 0 ? acc_t(h0[at]) : cuda::load_from_grid(prev + at);
       }
       __syncthreads();
-      for (int64_t q = threadIdx.x; q < nb * GS * P; q += blockDim.x) {
-        const int64_t p = q % P, row = q / P % GS, b = q / P / GS;
+      for (int64_t q = threadIdx.x; q < GS * P; q += blockDim.x) {
+        const int64_t p = q % P, row = q / P;
         if (row % S >= ns) continue;
-        acc_t acc = acc_t(0);
-        for (int64_t k = p; k < H; k += P) acc += acc_t(w_s[row * Hp + k]) * h_s[b * Hp + k];
-        part_s[q] = acc;
+        acc_t acc[kGridRows];
+#pragma unroll
+        for (int b = 0; b < kGridRows; ++b) acc[b] = acc_t(0);
+        for (int64_t k = p; k < H; k += P) {
+          const acc_t wv = acc_t(w_s[row * Wp + k]);
+#pragma unroll
+          for (int b = 0; b < kGridRows; ++b)
+            if (b < R) acc[b] += wv * h_s[b * H + k];
+        }
+#pragma unroll
+        for (int b = 0; b < kGridRows; ++b)
+          if (b < nb) part_s[(b * GS + row) * P + p] = acc[b];
       }
       __syncthreads();
       for (int64_t i = threadIdx.x; i < nb * ns; i += blockDim.x) {
@@ -548,7 +563,7 @@ grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
           gh_v[g] = sum;
         }
         const acc_t h = unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_v, bias,
-                                                                 h_s[b * Hp + j], out + r * H,
+                                                                 h_s[b * H + j], out + r * H,
                                                                  ws + r * (GRU ? 5 : 2) * H);
         next[gb * H + j] = h;
         if (s == T - 1) h_n[gb * H + j] = scalar_t(h);
@@ -567,30 +582,38 @@ grid_bwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
                 at::opmath_type<scalar_t>* __restrict__ carry) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
-  const int64_t GH = G * H, GHp = GH + 1;
+  const int64_t GH = G * H, Sp = S | 1;  // odd row stride: P threads on consecutive rows hit distinct banks
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * S, ns = H - j0 < S ? H - j0 : S;
-  acc_t* d_s = cuda::dynamic_shared<acc_t>();                        // [R][GHp] dG_h of the step after
-  acc_t* part_s = d_s + R * GHp;                                     // [R][S][P] partial products
-  scalar_t* w_s = reinterpret_cast<scalar_t*>(part_s + R * S * P);   // [GH][S]: W[row][j0 + jj]
+  acc_t* d_s = cuda::dynamic_shared<acc_t>();                        // [R][GH] dG_h of the step after
+  acc_t* part_s = d_s + R * GH;                                      // [R][S][P] partial products
+  scalar_t* w_s = reinterpret_cast<scalar_t*>(part_s + R * S * P);   // [GH][Sp]: W[row][j0 + jj]
   for (int64_t i = threadIdx.x; i < GH * S; i += blockDim.x) {
     const int64_t row = i / S, jj = i % S;
-    if (jj < ns) w_s[i] = w[row * H + j0 + jj];
+    if (jj < ns) w_s[row * Sp + jj] = w[row * H + j0 + jj];
   }
-  // dG_h (of the step after: every block's) times this block's columns of W_hh, for R rows from c0:
-  // part_s[b][jj][p], summed by recurrent_part.
+  // dG_h (of the step after: every block's) times this block's columns of W_hh, for R rows from
+  // c0: part_s[b][jj][p], summed by recurrent_part.
   auto products = [&](const acc_t* dgh_after, int64_t c0, int64_t nb) {
     __syncthreads();  // d_s and part_s are free (and, the first time, w_s is written)
-    for (int64_t i = threadIdx.x; i < nb * GH; i += blockDim.x) {
-      const int64_t b = i / GH, row = i % GH;
-      d_s[b * GHp + row] = cuda::load_from_grid(dgh_after + (c0 + b) * GH + row);
+    for (int64_t i = threadIdx.x; i < R * GH; i += blockDim.x) {  // rows past the batch: zeros
+      d_s[i] = i >= nb * GH ? acc_t(0) : cuda::load_from_grid(dgh_after + c0 * GH + i);
     }
     __syncthreads();
-    for (int64_t q = threadIdx.x; q < nb * S * P; q += blockDim.x) {
-      const int64_t p = q % P, jj = q / P % S, b = q / P / S;
+    for (int64_t q = threadIdx.x; q < S * P; q += blockDim.x) {
+      const int64_t p = q % P, jj = q / P;
       if (jj >= ns) continue;
-      acc_t acc = acc_t(0);
-      for (int64_t row = p; row < GH; row += P) acc += d_s[b * GHp + row] * acc_t(w_s[row * S + jj]);
-      part_s[q] = acc;
+      acc_t acc[kGridRows];
+#pragma unroll
+      for (int b = 0; b < kGridRows; ++b) acc[b] = acc_t(0);
+      for (int64_t row = p; row < GH; row += P) {
+        const acc_t wv = acc_t(w_s[row * Sp + jj]);
+#pragma unroll
+        for (int b = 0; b < kGridRows; ++b)
+          if (b < R) acc[b] += d_s[b * GH + row] * wv;
+      }
+#pragma unroll
+      for (int b = 0; b < kGridRows; ++b)
+        if (b < nb) part_s[(b * S + jj) * P + p] = acc[b];
     }
     __syncthreads();
   };
@@ -661,9 +684,10 @@ struct GridPlan {
   size_t smem = 0;
 };
 
-// A guess until measured on the device: past this many multiply-adds per block and step, the
-// per-step path's cuBLAS GEMM (every SM, tensor-core-free fp32 at full rate) should be faster.
-constexpr int64_t kGridMaxBlockMacs = int64_t(1) << 20;
+// Past this many multiply-adds per block and step the per-step path's cuBLAS GEMM (every SM,
+// register-tiled) should win: at ~30 multiply-adds per clock per SM from shared memory, a grid
+// step then takes ~5 us, a GEMM and a pointwise launch about as long. A guess until measured.
+constexpr int64_t kGridMaxBlockMacs = int64_t(1) << 18;
 
 // The power of two P <= 32 (and <= the dot length) such that `outputs` dot products, P threads
 // each, fill the block best.
@@ -676,25 +700,24 @@ inline int64_t dot_parts(int64_t outputs, int64_t length) {
 // The fewest units per block that put at most one block on each SM (more blocks would each read
 // the whole state every step for less work), then the most rows per pass that fit in shared
 // memory. The forward keeps G S rows of W_hh and one pass of the state (R x H), the backward S
-// columns of W_hh and one pass of dG_h (R x GH).
+// columns of W_hh and one pass of dG_h (R x GH); each thread computes one of G S (forward) or S
+// (backward) dot products' P shares for all R rows.
 template <typename scalar_t, typename Kernel>
 GridPlan grid_plan(Kernel kernel, bool backward, int64_t B, int64_t H, int G, int device) {
   using acc_t = at::opmath_type<scalar_t>;
-  GridPlan plan;
   const int64_t S = (H + cuda::sm_count(device) - 1) / cuda::sm_count(device);
-  if (B * G * S * H > kGridMaxBlockMacs) return plan;
+  if (B * G * S * H > kGridMaxBlockMacs) return GridPlan{};
+  const int64_t dots = backward ? S : G * S, length = backward ? G * H : H;
+  const int64_t P = dot_parts(dots, length);
   for (int64_t R = std::min(B, kGridRows); R >= 1; --R) {
-    const int64_t outputs = backward ? R * S : R * G * S, length = backward ? G * H : H;
-    const int64_t P = dot_parts(outputs, length);
-    const size_t smem = backward ? (R * (G * H + 1) + outputs * P) * sizeof(acc_t) + G * H * S * sizeof(scalar_t)
-                                 : (R * (H + 1) + outputs * P) * sizeof(acc_t) + G * S * (H + 1) * sizeof(scalar_t);
+    const size_t smem = (R * length + R * dots * P) * sizeof(acc_t) +
+                        (backward ? G * H * (S | 1) : G * S * grid_w_stride(H, P)) * sizeof(scalar_t);
     if (static_cast<int64_t>(smem) > cuda::max_dynamic_smem(device)) continue;
     const int64_t blocks = (H + S - 1) / S;
-    if (blocks > cuda::co_resident_blocks(kernel, kGridThreads, smem, device)) return plan;
-    plan = GridPlan{blocks, S, R, P, smem};
-    return plan;
+    if (blocks > cuda::co_resident_blocks(kernel, kGridThreads, smem, device)) return GridPlan{};
+    return GridPlan{blocks, S, R, P, smem};
   }
-  return plan;
+  return GridPlan{};
 }
 
 c10::optional<at::Tensor> device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& like) {
