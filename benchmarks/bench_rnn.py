@@ -10,7 +10,10 @@ reference / cpu / triton / cuda (hnrnn.nn.GRU / RNN with that backend); unavaila
 Shapes: the seed's Model5 (GRU, 2 layers, B=64, H=64, T=20) and Model4 (RNN, 1 layer, same
 sizes); on CUDA also a one-layer GRU grid B in {1, 8, 64, 256} x H in {64, 128, 256, 512, 1024}
 x T in {20, 100, 500}: the grid only with HNRNN_BENCH_GRID=1 (its T=100 slice) or =full (every
-T); by default the seed shapes alone, to fit a short GPU session. Modes: forward, forward+backward. Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
+T); by default the seed shapes alone, to fit a short GPU session. With HNRNN_BENCH_PATHS=1 the
+cuda backend is measured again with each of its paths forced (providers cuda:persistent,
+cuda:grid, cuda:step; HNRNN_CUDA_RECURRENCE_PATH, csrc/cuda/rnn.cu), to tune its choice of path;
+a path that cannot run at a shape is skipped. Modes: forward, forward+backward. Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
 Timing: the shared `timed` fixture (benchmarks/conftest.py). Not collected by the default run.
 """
 import itertools
@@ -27,6 +30,8 @@ SEED = [("gru", 2, 64, 64, 20), ("rnn", 1, 64, 64, 20)]  # kind, layers, B, H, T
 _GRID_T = {"1": (100,), "full": (20, 100, 500)}.get(os.environ.get("HNRNN_BENCH_GRID", "0"), ())
 GRID = [("gru", 1, B, H, T) for B, H, T in itertools.product((1, 8, 64, 256), (64, 128, 256, 512, 1024), _GRID_T)]
 PROVIDERS = ["nn", "eager", "compile", "reference", "cpu", "triton", "cuda"]
+if os.environ.get("HNRNN_BENCH_PATHS") == "1":
+    PROVIDERS += ["cuda:persistent", "cuda:grid", "cuda:step"]
 DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
@@ -62,17 +67,20 @@ def unavailable(provider, device, dtype, kind, L, B, H, T):
 
 
 @pytest.mark.parametrize("device,dtype,provider,mode,kind,L,B,H,T", list(cases()))
-def test_rnn(timed, device, dtype, provider, mode, kind, L, B, H, T):
-    why = unavailable(provider, device, dtype, kind, L, B, H, T)
+def test_rnn(timed, monkeypatch, device, dtype, provider, mode, kind, L, B, H, T):
+    backend, _, path = provider.partition(":")
+    why = unavailable(backend, device, dtype, kind, L, B, H, T)
     if why:
         pytest.skip(why)
+    if path:
+        monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", path)
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     cls = {"gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
     net = cls(H, H, L, batch_first=True).to(device=device, dtype=dtype)
-    if provider in ("reference", "cpu", "triton", "cuda"):
-        ours = {"gru": hnrnn.nn.GRU, "rnn": hnrnn.nn.RNN}[kind](H, H, L, batch_first=True, backend=provider)
+    if backend in ("reference", "cpu", "triton", "cuda"):
+        ours = {"gru": hnrnn.nn.GRU, "rnn": hnrnn.nn.RNN}[kind](H, H, L, batch_first=True, backend=backend)
         ours = ours.to(device=device, dtype=dtype)
         ours.load_state_dict(net.state_dict())
         model = ours
@@ -97,5 +105,12 @@ def test_rnn(timed, device, dtype, provider, mode, kind, L, B, H, T):
         def fn():
             out, h = model(x, h0)
             (out.float().sum() + h.float().sum()).backward()
+    if path:
+        try:
+            fn()
+        except RuntimeError as e:  # the forced path cannot run at this shape
+            if "HNRNN_CUDA_RECURRENCE_PATH" not in str(e):
+                raise
+            pytest.skip(str(e).splitlines()[0])
     timed(fn, op=kind, provider=provider_name(provider, device), mode=mode, device=device,
           dtype=str(dtype).replace("torch.", ""), layers=L, B=B, H=H, T=T)

@@ -12,7 +12,9 @@
 # command's time can run them one call at a time (`build test`, then `bench`, then `zoo`, then
 # `sanitize`); the build stays in place between calls. A stage that runs out of time logs it and the next one still runs. The CPU test
 # tier is CI's job and is not repeated here. Benchmarks cover the seed shapes; set
-# HNRNN_BENCH_GRID=1 (or =full) for the shape grids when there is time for them.
+# HNRNN_BENCH_GRID=1 (or =full) for the shape grids when there is time for them, and
+# HNRNN_BENCH_PATHS=1 to time each path of the CUDA GRU / RNN forced too (cuda:persistent,
+# cuda:grid, cuda:step), the data for tuning its choice (grid_plan in csrc/cuda/rnn.cu).
 set -uo pipefail
 OUT=$(mkdir -p "${1:?usage: gpu_check.sh OUT_DIR [build|test|bench|zoo|sanitize ...]}" && cd "$1" && pwd)
 shift

@@ -72,16 +72,21 @@ def _shape_label(shape: dict) -> str:
 
 
 def bench_tables(run: dict) -> str:
-    """Per op and mode: the median time per call of every provider, and hnrnn's best speedup."""
+    """Per op and mode: the median time per call of every provider, and hnrnn's best speedup.
+    A provider "backend:path" (one path forced, benchmarks/bench_rnn.py) is shown but is neither
+    a peer nor counted in hnrnn's best: users get the backend's own choice."""
     from hnrnn.ops import BACKENDS
+
+    def kind(p):  # peers first, then hnrnn's backends, then their forced paths
+        return 2 if p.split(":")[0] in BACKENDS and ":" in p else int(p in BACKENDS)
 
     out = []
     groups = {}
     for r in run["results"]:
         groups.setdefault((r["op"], r["mode"]), []).append(r)
     for (op, mode), rows in groups.items():
-        providers = sorted({r["provider"] for r in rows}, key=lambda p: (p in BACKENDS, p))
-        peers = [p for p in providers if p not in BACKENDS]
+        providers = sorted({r["provider"] for r in rows}, key=lambda p: (kind(p), p))
+        peers = [p for p in providers if kind(p) == 0]
         by_shape = {}
         for r in rows:
             by_shape.setdefault(_shape_label(r["shape"]), {})[r["provider"]] = r["median_us"]

@@ -3,12 +3,12 @@
 csrc/cuda/rnn.cu and zoo_cell.cu are compiled as C++ against tests/cuda_emulation/emulation.h,
 which runs each GPU thread as a fiber and each __syncthreads() as a switch between them (see
 that header for what it models and what not). Every op is compared with the C++ CPU kernel of
-the same op on the same inputs, on each of its paths (one persistent launch, per step, and for
-stacked layers one wavefront launch): outputs, workspaces, running statistics and every
-gradient. csrc/rnn_network.cpp is compiled against the emulation too, so the network op runs
-with the GPU's choice of path and is compared with the CPU's. Each forward also runs with the
-threads in reverse order between barriers and must give the same bits (a missing barrier would
-not). This is the CUDA half's only execution test without a GPU; `-m gpu` runs the real thing.
+the same op on the same inputs, on each of its paths (one persistent launch, for the GRU / RNN
+one cooperative launch over the SMs, per step, and for stacked layers one wavefront launch):
+outputs, workspaces, running statistics and every gradient. csrc/rnn_network.cpp is compiled
+against the emulation too, so the network op runs with the GPU's choice of path and is compared
+with the CPU's. Each call also runs with the threads (and a cooperative launch's blocks) in
+reverse order between barriers and must give the same bits (a missing barrier would not). This is the CUDA half's only execution test without a GPU; `-m gpu` runs the real thing.
 """
 import os
 import subprocess
@@ -165,6 +165,40 @@ def test_recurrence(emu, device_limits, kind, dtype, H, path, reverse, packed, B
                            reverse, lengths, backward=True)
     names = ["d gates_x", "d gates_h", "d h0"] if kind == "gru" else ["d gates", "d h0"]
     assert_close_all(grads, want, names, 10 * tol if low else tol)
+
+
+def test_forced_path(emu, device_limits, monkeypatch):
+    """HNRNN_CUDA_RECURRENCE_PATH forces a path (for benchmarks that compare them at one shape):
+    each that can run gives the same results (the grid path past its work limit too), and stacks
+    then run layer by layer; a path that cannot run, or an unknown name, is a clear error."""
+    T, B, H = 5, 19, 64
+    g = torch.Generator().manual_seed(0)
+    gx, h0, w, b = (torch.randn(*s, generator=g) for s in ((T, B, 3 * H), (B, H), (3 * H, H), (3 * H,)))
+    w, b = w / H ** 0.5, b * 0.1
+    grad_out, grad_h = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
+    results = {}
+    for path in ("persistent", "grid", "step"):
+        monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", path)
+        out, fwd_launches = launches_of(emu, lambda: emu.gru_recurrence(gx, h0, w, b, False, None))
+        grads, bwd_launches = launches_of(emu, lambda: emu.gru_recurrence_backward(grad_out, grad_h, out[2], w, False,
+                                                                                 None))
+        want = {"persistent": (1, 0), "grid": (0, 1), "step": (T, 0)}[path]
+        assert fwd_launches == want and bwd_launches == want, (path, fwd_launches, bwd_launches)
+        results[path] = [*out, *grads]
+        assert not emu.stack_recurrence_fits(0, 2, H, torch.float32)
+    for path in ("grid", "step"):
+        assert_close_all(results[path], results["persistent"], ["out", "h_n", "ws", "d gates_x", "d gates_h", "d h0"],
+                         2e-5)
+    device_limits(1, 64 * 1024)  # W_hh (48 KiB) fits one block, not with the grid kernel's state tile
+    monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", "grid")
+    with pytest.raises(RuntimeError, match="HNRNN_CUDA_RECURRENCE_PATH=grid: W_hh of hidden size 140 does not fit"):
+        emu.gru_recurrence(torch.zeros(2, 3, 420), torch.zeros(3, 140), torch.zeros(420, 140), None, False, None)
+    monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", "persistent")
+    with pytest.raises(RuntimeError, match="persistent: W_hh of hidden size 140 does not fit one block"):
+        emu.gru_recurrence(torch.zeros(2, 3, 420), torch.zeros(3, 140), torch.zeros(420, 140), None, False, None)
+    monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", "fastest")
+    with pytest.raises(ValueError, match="must be auto, persistent, grid or step, got 'fastest'"):
+        emu.gru_recurrence(gx, h0, w, b, False, None)
 
 
 # ------------------------------------------------------------------------------ stacked layers

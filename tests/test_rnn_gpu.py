@@ -48,6 +48,16 @@ def test_gpu_float64_matches_torch_nn(case, backend):
                    run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=1e-9, rtol=1e-8)
 
 
+@pytest.mark.parametrize("path", ["persistent", "grid", "step"])
+def test_gpu_cuda_each_path_matches_torch_nn(path, monkeypatch):
+    """Each path of the cuda backend forced (HNRNN_CUDA_RECURRENCE_PATH) at one shape that all can
+    run: the grid path on 64 blocks of one unit each, where the automatic choice is persistent."""
+    monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", path)
+    ref, ours, x, h0, g_out, g_h = _case("gru", 5, 64, 2, True, False, 9, 19, torch.float64, "cuda")
+    assert_matches(run_with_grads(ours, leaf(x), leaf(h0), g_out, g_h),
+                   run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=1e-9, rtol=1e-8)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 @pytest.mark.parametrize("case", CASES[:2] + CASES[3:5] + CASES[7:], ids=lambda c: "-".join(map(str, c)))

@@ -20,6 +20,9 @@
 
 #include <ATen/OpMathType.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "../op_checks.h"
 #include "../rnn_dispatch.h"
 #include "launch.h"
@@ -703,10 +706,10 @@ inline int64_t dot_parts(int64_t outputs, int64_t length) {
 // columns of W_hh and one pass of dG_h (R x GH); each thread computes one of G S (forward) or S
 // (backward) dot products' P shares for all R rows.
 template <typename scalar_t, typename Kernel>
-GridPlan grid_plan(Kernel kernel, bool backward, int64_t B, int64_t H, int G, int device) {
+GridPlan grid_plan(Kernel kernel, bool backward, int64_t B, int64_t H, int G, int device, bool work_limit) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t S = (H + cuda::sm_count(device) - 1) / cuda::sm_count(device);
-  if (B * G * S * H > kGridMaxBlockMacs) return GridPlan{};
+  if (work_limit && B * G * S * H > kGridMaxBlockMacs) return GridPlan{};
   const int64_t dots = backward ? S : G * S, length = backward ? G * H : H;
   const int64_t P = dot_parts(dots, length);
   for (int64_t R = std::min(B, kGridRows); R >= 1; --R) {
@@ -723,6 +726,33 @@ GridPlan grid_plan(Kernel kernel, bool backward, int64_t B, int64_t H, int G, in
 c10::optional<at::Tensor> device_lengths(const c10::optional<at::Tensor>& lengths, const at::Tensor& like) {
   if (!lengths.has_value()) return c10::nullopt;
   return lengths->to(like.device(), at::kLong).contiguous();
+}
+
+// The path of one layer. HNRNN_CUDA_RECURRENCE_PATH = persistent, grid or step forces one (for
+// benchmarks that compare them at the same shape; the grid path then ignores its work limit, and
+// stacks run layer by layer); unset or "auto", choose_path decides. A forced path that cannot run
+// is an error.
+enum class Path { kAuto, kPersistent, kGrid, kStep };
+
+Path forced_path() {
+  const char* v = std::getenv("HNRNN_CUDA_RECURRENCE_PATH");
+  const std::string name = v ? v : "";
+  if (name.empty() || name == "auto") return Path::kAuto;
+  if (name == "persistent") return Path::kPersistent;
+  if (name == "grid") return Path::kGrid;
+  if (name == "step") return Path::kStep;
+  TORCH_CHECK_VALUE(false, "HNRNN_CUDA_RECURRENCE_PATH must be auto, persistent, grid or step, got '", name, "'");
+}
+
+// The one-block persistent kernel where it fits, else the grid kernel where it has a plan, else per step.
+Path choose_path(bool fits_one_block, const GridPlan& plan, int64_t H) {
+  const Path forced = forced_path();
+  TORCH_CHECK(forced != Path::kPersistent || fits_one_block, "HNRNN_CUDA_RECURRENCE_PATH=persistent: W_hh of hidden ",
+              "size ", H, " does not fit one block's shared memory");
+  TORCH_CHECK(forced != Path::kGrid || plan.blocks > 0, "HNRNN_CUDA_RECURRENCE_PATH=grid: W_hh of hidden size ", H,
+              " does not fit across the SMs of one cooperative launch");
+  if (forced != Path::kAuto) return forced;
+  return fits_one_block ? Path::kPersistent : plan.blocks > 0 ? Path::kGrid : Path::kStep;
 }
 
 template <bool GRU, bool RELU>
@@ -749,12 +779,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
     const int device = gates_x.get_device();
     const size_t smem = fwd_smem_bytes<scalar_t>(H, G);
     const auto grid_kernel = grid_fwd_kernel<GRU, RELU, scalar_t>;
-    GridPlan plan;
-    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device)) {
+    const bool fits_one_block = static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
+    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, false, B, H, G, device, forced_path() == Path::kAuto);
+    const Path path = choose_path(fits_one_block, plan, H);
+    if (path == Path::kPersistent) {
       cuda::launch(persistent_fwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                    bp, out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>());
-    } else if ((plan = grid_plan<scalar_t>(grid_kernel, false, B, H, G, device)).blocks > 0) {
+    } else if (path == Path::kGrid) {
       at::Tensor state = empty_output({2, B, H}, h0.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       cuda::launch_cooperative(grid_kernel, plan.blocks, kGridThreads, plan.smem, stream, T, B, H, plan.slice,
                                plan.rows, plan.parts, reverse, lp, gates_x.data_ptr<scalar_t>(),
@@ -801,13 +833,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
     const int device = grad_out.get_device();
     const size_t smem = bwd_smem_bytes<scalar_t>(H, G);
     const auto grid_kernel = grid_bwd_kernel<GRU, RELU, scalar_t>;
-    GridPlan plan;
-    if (static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device)) {
+    const bool fits_one_block = static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
+    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, true, B, H, G, device, forced_path() == Path::kAuto);
+    const Path path = choose_path(fits_one_block, plan, H);
+    if (path == Path::kPersistent) {
       cuda::launch(persistent_bwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, grad_out.data_ptr<scalar_t>(), grad_h_n.data_ptr<scalar_t>(),
                    ws.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), dgx.data_ptr<scalar_t>(),
                    dgh.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>());
-    } else if ((plan = grid_plan<scalar_t>(grid_kernel, true, B, H, G, device)).blocks > 0) {
+    } else if (path == Path::kGrid) {
       const auto acc_options = grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
       at::Tensor dgh_grid = empty_output({2, B, G * H}, acc_options), carry = empty_output({B, H}, acc_options);
       cuda::launch_cooperative(grid_kernel, plan.blocks, kGridThreads, plan.smem, stream, T, B, H, plan.slice,
@@ -867,7 +901,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cuda(const at::Tensor
 
 }  // namespace
 
-bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::ScalarType dtype, int device) {
+namespace {
+bool stack_fits_one_block(int64_t mode, int64_t num_layers, int64_t H, at::ScalarType dtype, int device) {
   if (num_layers < 1 || num_layers > kMaxStackLayers) return false;
   size_t smem = 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "hnrnn_stack_recurrence_fits", [&] {
@@ -875,6 +910,12 @@ bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::Scal
                     stack_bwd_smem_bytes<scalar_t>(num_layers, H, gates_of(mode)));
   });
   return static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
+}
+}  // namespace
+
+// Whether rnn_network runs the stack as one wavefront: when it fits and no per-layer path is forced.
+bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::ScalarType dtype, int device) {
+  return forced_path() == Path::kAuto && stack_fits_one_block(mode, num_layers, H, dtype, device);
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_recurrence_cuda(
@@ -913,7 +954,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_r
   const at::Tensor gx0 = gates_x0.contiguous(), h0 = hx.contiguous();
   const auto len = device_lengths(lengths, gx0);
   const int64_t T = gx0.size(0), B = gx0.size(1), H = h0.size(2);
-  TORCH_CHECK(stack_recurrence_fits(mode, L, H, h0.scalar_type(), gx0.get_device()), "stack_recurrence: ", L,
+  TORCH_CHECK(stack_fits_one_block(mode, L, H, h0.scalar_type(), gx0.get_device()), "stack_recurrence: ", L,
               " layers of hidden size ", H, " do not fit one block's shared memory (run them one layer at a time)");
   std::vector<at::Tensor> out(L), ws(L);  // one tensor each, as the recurrence ops of one layer return
   for (int64_t l = 0; l < L; ++l) {
@@ -970,7 +1011,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> stack_r
   const at::Tensor go = grad_out.contiguous(), g_hn = grad_h_n.contiguous();
   const auto len = device_lengths(lengths, go);
   const int64_t T = go.size(0), B = go.size(1), H = go.size(2);
-  TORCH_CHECK(stack_recurrence_fits(mode, L, H, go.scalar_type(), go.get_device()), "stack_recurrence_backward: ", L,
+  TORCH_CHECK(stack_fits_one_block(mode, L, H, go.scalar_type(), go.get_device()), "stack_recurrence_backward: ", L,
               " layers of hidden size ", H, " do not fit one block's shared memory (run them one layer at a time)");
   std::vector<at::Tensor> dgx(L), dgh(L);
   for (int64_t l = 0; l < L; ++l) {
