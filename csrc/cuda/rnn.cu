@@ -509,6 +509,40 @@ constexpr int64_t kGridRows = 8;  // batch rows per pass, at most
 // one row and the next row's threads after them, every lane of a warp reads a distinct bank.
 __host__ __device__ __forceinline__ int64_t grid_w_stride(int64_t H, int64_t P) { return (H + 31) / 32 * 32 + P; }
 
+// The grid kernels' dot products, each split over P threads: for dot d < dots (skipped when its
+// unit d % S is past the block's ns) and row b < nb of the pass, part_s[(b * dots + d) * P + p]
+// = the sum over i = p, p + P, ... < length of w[d * w_d + i * w_i] * x[b * length + i]. Each
+// thread keeps its R rows' accumulators in registers (x's rows nb..R-1 are zeros).
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ void split_dots(int64_t dots, int64_t length, int64_t S, int64_t ns, int64_t R,
+                                           int64_t nb, int64_t P, const scalar_t* w, int64_t w_d, int64_t w_i,
+                                           const acc_t* x, acc_t* part_s) {
+  for (int64_t q = threadIdx.x; q < dots * P; q += blockDim.x) {
+    const int64_t p = q % P, d = q / P;
+    if (d % S >= ns) continue;
+    acc_t acc[kGridRows];
+#pragma unroll
+    for (int b = 0; b < kGridRows; ++b) acc[b] = acc_t(0);
+    for (int64_t i = p; i < length; i += P) {
+      const acc_t wv = acc_t(w[d * w_d + i * w_i]);
+#pragma unroll
+      for (int b = 0; b < kGridRows; ++b)
+        if (b < R) acc[b] += wv * x[b * length + i];
+    }
+#pragma unroll
+    for (int b = 0; b < kGridRows; ++b)
+      if (b < nb) part_s[(b * dots + d) * P + p] = acc[b];
+  }
+}
+
+// One dot product's P partial sums, added in order.
+template <typename acc_t>
+__device__ __forceinline__ acc_t sum_parts(const acc_t* parts, int64_t P) {
+  acc_t sum = parts[0];
+  for (int64_t p = 1; p < P; ++p) sum += parts[p];
+  return sum;
+}
+
 template <bool GRU, bool RELU, typename scalar_t>
 __global__ void __launch_bounds__(kGridThreads)
 grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P, bool reverse,
@@ -538,33 +572,13 @@ grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
         h_s[i] = i >= nb * H ? acc_t(0) : s == 0 ? acc_t(h0[at]) : cuda::load_from_grid(prev + at);
       }
       __syncthreads();
-      for (int64_t q = threadIdx.x; q < GS * P; q += blockDim.x) {
-        const int64_t p = q % P, row = q / P;
-        if (row % S >= ns) continue;
-        acc_t acc[kGridRows];
-#pragma unroll
-        for (int b = 0; b < kGridRows; ++b) acc[b] = acc_t(0);
-        for (int64_t k = p; k < H; k += P) {
-          const acc_t wv = acc_t(w_s[row * Wp + k]);
-#pragma unroll
-          for (int b = 0; b < kGridRows; ++b)
-            if (b < R) acc[b] += wv * h_s[b * H + k];
-        }
-#pragma unroll
-        for (int b = 0; b < kGridRows; ++b)
-          if (b < nb) part_s[(b * GS + row) * P + p] = acc[b];
-      }
+      split_dots(GS, H, S, ns, R, nb, P, w_s, Wp, 1, h_s, part_s);
       __syncthreads();
       for (int64_t i = threadIdx.x; i < nb * ns; i += blockDim.x) {
         const int64_t b = i / ns, jj = i % ns, j = j0 + jj, gb = c0 + b, r = t * B + gb;
         acc_t gh_v[3];
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const acc_t* parts = part_s + (b * GS + g * S + jj) * P;
-          acc_t sum = parts[0];
-          for (int64_t p = 1; p < P; ++p) sum += parts[p];
-          gh_v[g] = sum;
-        }
+        for (int g = 0; g < G; ++g) gh_v[g] = sum_parts(part_s + (b * GS + g * S + jj) * P, P);
         const acc_t h = unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_v, bias,
                                                                  h_s[b * H + j], out + r * H,
                                                                  ws + r * (GRU ? 5 : 2) * H);
@@ -602,30 +616,10 @@ grid_bwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
       d_s[i] = i >= nb * GH ? acc_t(0) : cuda::load_from_grid(dgh_after + c0 * GH + i);
     }
     __syncthreads();
-    for (int64_t q = threadIdx.x; q < S * P; q += blockDim.x) {
-      const int64_t p = q % P, jj = q / P;
-      if (jj >= ns) continue;
-      acc_t acc[kGridRows];
-#pragma unroll
-      for (int b = 0; b < kGridRows; ++b) acc[b] = acc_t(0);
-      for (int64_t row = p; row < GH; row += P) {
-        const acc_t wv = acc_t(w_s[row * Sp + jj]);
-#pragma unroll
-        for (int b = 0; b < kGridRows; ++b)
-          if (b < R) acc[b] += d_s[b * GH + row] * wv;
-      }
-#pragma unroll
-      for (int b = 0; b < kGridRows; ++b)
-        if (b < nb) part_s[(b * S + jj) * P + p] = acc[b];
-    }
+    split_dots(S, GH, S, ns, R, nb, P, w_s, 1, Sp, d_s, part_s);
     __syncthreads();
   };
-  auto recurrent_part = [&](int64_t b, int64_t jj) {
-    const acc_t* parts = part_s + (b * S + jj) * P;
-    acc_t sum = parts[0];
-    for (int64_t p = 1; p < P; ++p) sum += parts[p];
-    return sum;
-  };
+  auto recurrent_part = [&](int64_t b, int64_t jj) { return sum_parts(part_s + (b * S + jj) * P, P); };
   for (int64_t s = T - 1; s >= 0; --s) {  // the forward order, reversed
     const int64_t t = reverse ? T - 1 - s : s;
     const acc_t* after = dgh_grid + ((s + 1) & 1) * B * GH;  // dG_h of step s + 1
@@ -744,9 +738,9 @@ Path forced_path() {
   TORCH_CHECK_VALUE(false, "HNRNN_CUDA_RECURRENCE_PATH must be auto, persistent, grid or step, got '", name, "'");
 }
 
-// The one-block persistent kernel where it fits, else the grid kernel where it has a plan, else per step.
-Path choose_path(bool fits_one_block, const GridPlan& plan, int64_t H) {
-  const Path forced = forced_path();
+// `forced`, checked; else the one-block persistent kernel where it fits, else the grid kernel where it
+// has a plan, else per step.
+Path choose_path(Path forced, bool fits_one_block, const GridPlan& plan, int64_t H) {
   TORCH_CHECK(forced != Path::kPersistent || fits_one_block, "HNRNN_CUDA_RECURRENCE_PATH=persistent: W_hh of hidden ",
               "size ", H, " does not fit one block's shared memory");
   TORCH_CHECK(forced != Path::kGrid || plan.blocks > 0, "HNRNN_CUDA_RECURRENCE_PATH=grid: W_hh of hidden size ", H,
@@ -780,8 +774,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
     const size_t smem = fwd_smem_bytes<scalar_t>(H, G);
     const auto grid_kernel = grid_fwd_kernel<GRU, RELU, scalar_t>;
     const bool fits_one_block = static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
-    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, false, B, H, G, device, forced_path() == Path::kAuto);
-    const Path path = choose_path(fits_one_block, plan, H);
+    const Path forced = forced_path();
+    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, false, B, H, G, device, forced == Path::kAuto);
+    const Path path = choose_path(forced, fits_one_block, plan, H);
     if (path == Path::kPersistent) {
       cuda::launch(persistent_fwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
@@ -834,8 +829,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
     const size_t smem = bwd_smem_bytes<scalar_t>(H, G);
     const auto grid_kernel = grid_bwd_kernel<GRU, RELU, scalar_t>;
     const bool fits_one_block = static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
-    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, true, B, H, G, device, forced_path() == Path::kAuto);
-    const Path path = choose_path(fits_one_block, plan, H);
+    const Path forced = forced_path();
+    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, true, B, H, G, device, forced == Path::kAuto);
+    const Path path = choose_path(forced, fits_one_block, plan, H);
     if (path == Path::kPersistent) {
       cuda::launch(persistent_bwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, grad_out.data_ptr<scalar_t>(), grad_h_n.data_ptr<scalar_t>(),
