@@ -167,13 +167,14 @@ class LMLoader:
         # exactly the single-process batch, in the same number of batches.
         share = bs // world_size
         self.starts = starts[rank * share:(rank + 1) * share]
+        # positions of batch 0's rows and their one-token-longer targets; batch k adds k * bptt
+        self._window = self.starts[:, None] + torch.arange(bptt + 1, dtype=torch.int64)[None, :]
 
     def __len__(self) -> int:
         return math.ceil(self.ids.numel() / (self.bptt * self.bs))
 
     def batch(self, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        offsets = torch.arange(self.bptt + 1, dtype=torch.int64)
-        pos = (self.starts[:, None] + k * self.bptt + offsets[None, :]) % self.ids.numel()
+        pos = (self._window + k * self.bptt) % self.ids.numel()
         rows = self.ids[pos]
         return rows[:, :-1], rows[:, 1:]
 

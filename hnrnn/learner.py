@@ -81,6 +81,10 @@ class ProgressBar:
             sys.stderr.flush()
 
 
+def _fused_adamw_supported(params) -> bool:
+    return all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+
+
 def _atomic_save(obj, path: str):
     """Write to a temporary file, then rename: a killed or failing save never leaves half a
     checkpoint at ``path`` (the previous one stays until the new one is complete)."""
@@ -181,8 +185,11 @@ class Learner:
                         max_lr=max_lr, pct_start=pct_start, div_factor=div_factor, final_div=final_div,
                         moms=list(moms), wd=self.wd, betas=list(self.betas), bs=self.train_dl.bs,
                         bptt=self.train_dl.bptt)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=max_lr / div_factor,
-                                betas=(moms[0], self.betas[1]), weight_decay=self.wd)
+        # fused: one kernel per step for all parameters instead of ~10 small ops per parameter
+        # (at the lesson's sizes the for-loop AdamW took a third of each batch's time)
+        params = list(self.model.parameters())
+        opt = torch.optim.AdamW(params, lr=max_lr / div_factor, betas=(moms[0], self.betas[1]),
+                                weight_decay=self.wd, fused=_fused_adamw_supported(params))
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=max_lr, total_steps=epochs * len(self.train_dl), pct_start=pct_start,
             anneal_strategy="cos", cycle_momentum=True, base_momentum=moms[1], max_momentum=moms[0],
