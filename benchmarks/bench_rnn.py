@@ -13,7 +13,8 @@ x T in {20, 100, 500}: the grid only with HNRNN_BENCH_GRID=1 (its T=100 slice) o
 T); by default the seed shapes alone, to fit a short GPU session. With HNRNN_BENCH_PATHS=1 the
 cuda backend is measured again with each of its paths forced (providers cuda:persistent,
 cuda:grid, cuda:step; HNRNN_CUDA_RECURRENCE_PATH, csrc/cuda/rnn.cu), to tune its choice of path;
-a path that cannot run at a shape is skipped. Modes: forward, forward+backward. Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
+a path that cannot run at a shape is skipped. Modes: forward, forward+backward (which also
+records the activations saved for backward, and on CUDA the peak memory). Dtypes: float32 (TF32 off), and bfloat16 on CUDA.
 Timing: the shared `timed` fixture (benchmarks/conftest.py). Not collected by the default run.
 """
 import itertools
@@ -96,6 +97,7 @@ def test_rnn(timed, monkeypatch, device, dtype, provider, mode, kind, L, B, H, T
         model = torch.compile(loop, fullgraph=True) if provider == "compile" else loop
     x = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=mode != "forward")
     h0 = torch.zeros(L, B, H, device=device, dtype=dtype)
+    memory = {}
 
     if mode == "forward":
         def fn():
@@ -105,6 +107,7 @@ def test_rnn(timed, monkeypatch, device, dtype, provider, mode, kind, L, B, H, T
         def fn():
             out, h = model(x, h0)
             (out.float().sum() + h.float().sum()).backward()
+        memory = dict(saved_by=lambda: model(x, h0), inputs=(x, h0, *net.parameters(), *model_parameters(model)))
     if path:
         try:
             fn()
@@ -112,5 +115,9 @@ def test_rnn(timed, monkeypatch, device, dtype, provider, mode, kind, L, B, H, T
             if "HNRNN_CUDA_RECURRENCE_PATH" not in str(e):
                 raise
             pytest.skip(str(e).splitlines()[0])
-    timed(fn, op=kind, provider=provider_name(provider, device), mode=mode, device=device,
+    timed(fn, op=kind, provider=provider_name(provider, device), mode=mode, device=device, **memory,
           dtype=str(dtype).replace("torch.", ""), layers=L, B=B, H=H, T=T)
+
+
+def model_parameters(model):
+    return model.parameters() if isinstance(model, torch.nn.Module) else ()

@@ -6,7 +6,8 @@ Providers: eager (nn.Embedding / nn.Linear / nn.BatchNorm1d per step, as the see
 (torch.compile of that loop, at the seed shapes: compiling unrolls the loop), reference, cpu, triton, cuda; unavailable ones are skipped with the
 reason. Shapes: the seed's (B=64, H=64, T=3 with the state normalised as Model0/1, T=20 with the
 output normalised as Model2/3), plus on CUDA with HNRNN_BENCH_GRID=1 (or =full) the grid B in
-{16, 64, 256}, H in {64, 256, 1024}, T in {20, 200}. Modes: forward, forward+backward (training mode throughout). Runs on the GPU when
+{16, 64, 256}, H in {64, 256, 1024}, T in {20, 200}. Modes: forward, forward+backward (training mode throughout; the latter also records the activations
+saved for backward, and on CUDA the peak memory). Runs on the GPU when
 there is one, else on the CPU. Timing: the shared `timed` fixture (benchmarks/conftest.py).
 Not collected by the default test run (testpaths = tests).
 """
@@ -100,5 +101,6 @@ def test_zoo_cell(timed, device, provider, mode, B, H, T, norm_state):
         if mode == "forward+backward":
             (out.sum() + h.sum()).backward()
 
-    timed(step, op="zoo_cell", provider=provider, mode=mode, device=device, B=B, H=H, T=T,
+    memory = dict(saved_by=fn, inputs=(x, h0, *cell.parameters(), *cell.buffers())) if mode != "forward" else {}
+    timed(step, op="zoo_cell", provider=provider, mode=mode, device=device, **memory, B=B, H=H, T=T,
           norm_state=norm_state)

@@ -2,11 +2,15 @@
 
 Each benchmark calls the `timed` fixture:
 
-    timed(fn, op="zoo_cell", provider="cpu", mode="forward+backward", B=64, H=64, T=20)
+    timed(fn, op="zoo_cell", provider="cpu", mode="forward+backward", B=64, H=64, T=20,
+          saved_by=forward, inputs=(x, h0, *params))
 
 It warms `fn` up, then times `inner` back-to-back calls per round (`inner` chosen so a round
 lasts about a millisecond) and, on a GPU, synchronises once per round, so launch queues are
-measured honestly while the synchronisation cost is amortised. The per-call statistics,
+measured honestly while the synchronisation cost is amortised. On a GPU it also records the
+peak memory of the timed calls. With `saved_by` (a forward that builds the autograd graph) it
+records the bytes autograd saves for backward in one call, outside the timing, on any device.
+The per-call statistics,
 the provider, mode and shape go to `benchmark.extra_info`; `hnrnn bench` turns the
 pytest-benchmark JSON into benchmarks/results/<device>/<suite>.json with ratios between
 providers measured in the same process.
@@ -16,6 +20,8 @@ import time
 import pytest
 import torch
 
+from hnrnn.bench import saved_activation_bytes
+
 
 def _sync(device):
     if device.type == "cuda":
@@ -24,7 +30,8 @@ def _sync(device):
 
 @pytest.fixture
 def timed(benchmark):
-    def run(fn, *, op, provider, mode, device=torch.device("cpu"), rounds=None, **shape):
+    def run(fn, *, op, provider, mode, device=torch.device("cpu"), rounds=None, saved_by=None, inputs=(),
+            **shape):
         device = torch.device(device)
         for _ in range(3):  # warm-up: allocator, autotuning, torch.compile
             fn()
@@ -49,6 +56,8 @@ def timed(benchmark):
                     device=str(device))
         if device.type == "cuda":
             info["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device) - base
+        if saved_by is not None:
+            info["saved_bytes"] = saved_activation_bytes(saved_by, inputs)
         benchmark.extra_info.update(info)
 
     return run

@@ -24,6 +24,26 @@ def device_slug(device: torch.device) -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
+def saved_activation_bytes(forward, inputs=()):
+    """Bytes of the tensors autograd saves for backward during one `forward()`, each storage
+    counted once, leaving out the storages of `inputs` (weights and inputs live anyway): the
+    activations a provider keeps between forward and backward, measured the same way for
+    cuDNN, torch.compile and hnrnn (every autograd Function saves through these hooks)."""
+    kept = {t.untyped_storage().data_ptr() for t in inputs}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in kept:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        outputs = forward()
+    del outputs
+    return sum(saved.values())
+
+
 def suites():
     return sorted(f[len("bench_"):-3] for f in os.listdir(os.path.join(ROOT, "benchmarks"))
                   if f.startswith("bench_") and f.endswith(".py"))
@@ -39,8 +59,9 @@ def summarize(raw: dict, suite: str) -> dict:
                "provider": info["provider"], "median_us": stats["median"] * per_call,
                "iqr_us": stats["iqr"] * per_call, "min_us": stats["min"] * per_call,
                "rounds": stats["rounds"], "calls_per_round": info["inner"]}
-        if "peak_memory_bytes" in info:
-            row["peak_memory_bytes"] = info["peak_memory_bytes"]
+        for memory in ("peak_memory_bytes", "saved_bytes"):
+            if memory in info:
+                row[memory] = info[memory]
         results.append(row)
     return {"suite": suite, "environment": raw.get("hnrnn_environment", {}), "results": results,
             "ratios": ratios(results)}

@@ -71,15 +71,17 @@ def _shape_label(shape: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in shape.items())
 
 
+def kind(provider: str) -> int:
+    """0: a peer, 1: an hnrnn backend, 2: a backend with one path forced ("cuda:grid")."""
+    from hnrnn.ops import BACKENDS
+
+    return 2 if provider.split(":")[0] in BACKENDS and ":" in provider else int(provider in BACKENDS)
+
+
 def bench_tables(run: dict) -> str:
     """Per op and mode: the median time per call of every provider, and hnrnn's best speedup.
     A provider "backend:path" (one path forced, benchmarks/bench_rnn.py) is shown but is neither
     a peer nor counted in hnrnn's best: users get the backend's own choice."""
-    from hnrnn.ops import BACKENDS
-
-    def kind(p):  # peers first, then hnrnn's backends, then their forced paths
-        return 2 if p.split(":")[0] in BACKENDS and ":" in p else int(p in BACKENDS)
-
     out = []
     groups = {}
     for r in run["results"]:
@@ -94,10 +96,48 @@ def bench_tables(run: dict) -> str:
         lines = [f"**{op}, {mode}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for shape, times in by_shape.items():
             cells = [shape] + [f"{times[p]:.1f}" if p in times else "–" for p in providers]
-            ours = [times[p] for p in times if p in BACKENDS]
+            ours = [times[p] for p in times if kind(p) == 1]
             for peer in peers:
                 ok = ours and peer in times
                 cells.append(f"{times[peer] / min(ours):.2f}x" if ok else "–")
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+# The peer hnrnn's memory is compared with: torch.nn's fused kernels (cuDNN, ATen), else the loop.
+MEMORY_PEERS = ("cudnn", "aten", "eager")
+
+
+def memory_tables(run: dict) -> str:
+    """Per op and mode that recorded memory (forward+backward): the activations each provider
+    saves for backward and, on a GPU, its peak memory, in KiB, and each hnrnn backend's saved
+    activations over the peer's (MEMORY_PEERS). Forced paths are left out: they are for tuning
+    speed."""
+    out = []
+    groups = {}
+    for r in run["results"]:
+        if ("saved_bytes" in r or "peak_memory_bytes" in r) and kind(r["provider"]) < 2:
+            groups.setdefault((r["op"], r["mode"]), []).append(r)
+    for (op, mode), rows in groups.items():
+        providers = sorted({r["provider"] for r in rows}, key=lambda p: (kind(p), p))
+        peer = next((p for p in MEMORY_PEERS if p in providers), None)
+        ours = [p for p in providers if kind(p) == 1]
+        kinds = [(k, label) for k, label in (("saved_bytes", "saved"), ("peak_memory_bytes", "peak"))
+                 if any(k in r for r in rows)]
+        head = (["shape"] + [f"{p} {label} (KiB)" for _, label in kinds for p in providers]
+                + ([f"{p} / {peer} saved" for p in ours] if peer and kinds[0][0] == "saved_bytes" else []))
+        by_shape = {}
+        for r in rows:
+            by_shape.setdefault(_shape_label(r["shape"]), {})[r["provider"]] = r
+        lines = [f"**{op}, {mode}: memory**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for shape, got in by_shape.items():
+            cells = [shape] + [f"{got[p][k] / 1024:.0f}" if k in got.get(p, {}) else "–"
+                               for k, _ in kinds for p in providers]
+            if len(head) > len(cells):
+                base = got.get(peer, {}).get("saved_bytes")
+                cells += [f"{got[p]['saved_bytes'] / base:.2f}x" if base and "saved_bytes" in got.get(p, {})
+                          else "–" for p in ours]
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -114,7 +154,8 @@ def bench_section(results_dir: str = RESULTS) -> str:
         parts.append(f"### {run['suite']} on {env.get('device', '?')}\n\nFrom `{_rel(path)}` "
                      f"(torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
                      f"commit {str(env.get('commit'))[:10]}), median time per call, measured side by "
-                     f"side in one process:\n\n" + bench_tables(run))
+                     f"side in one process:\n\n" + bench_tables(run)
+                     + (f"\n\nMemory of the same runs:\n\n{memory}" if (memory := memory_tables(run)) else ""))
     return "\n\n".join(parts) or "_No benchmark results committed yet._"
 
 

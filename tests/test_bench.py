@@ -1,6 +1,6 @@
 """The benchmark harness: pytest-benchmark JSON -> results file with same-process ratios."""
 from hnrnn.bench import device_slug, summarize
-from hnrnn.report import bench_tables
+from hnrnn.report import bench_tables, memory_tables
 
 
 def _raw():
@@ -46,3 +46,41 @@ def test_speedup_chart_png(tmp_path):
     assert speedup_chart(summarize(raw, "gru"), str(png))
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert not speedup_chart(summarize({"benchmarks": []}, "x"), str(tmp_path / "none.png"))
+
+
+def test_saved_activation_bytes_counts_what_backward_keeps():
+    """tanh(x @ w) saves x, w (the inputs: left out) and tanh's output; every storage once."""
+    import torch
+
+    from hnrnn.bench import saved_activation_bytes
+    x, w = torch.randn(8, 16, requires_grad=True), torch.randn(16, 32, requires_grad=True)
+    assert saved_activation_bytes(lambda: torch.tanh(x @ w), inputs=(x, w)) == 8 * 32 * 4
+    assert saved_activation_bytes(lambda: torch.tanh(x @ w)) == (8 * 16 + 16 * 32 + 8 * 32) * 4
+    y = torch.tanh(x @ w)  # two views of one storage saved: counted once
+    assert saved_activation_bytes(lambda: y[:4] * y[4:], inputs=(x, w, y)) == 0
+    assert saved_activation_bytes(lambda: (x.exp() * 2).exp(), inputs=(x,)) == 2 * 8 * 16 * 4
+    with torch.no_grad():
+        assert saved_activation_bytes(lambda: torch.tanh(x @ w)) == 0
+
+
+def test_memory_table_shows_saved_and_peak_and_the_ratio_to_cudnn():
+    def row(provider, saved, peak):
+        return {"op": "gru", "mode": "forward+backward", "provider": provider, "shape": {"B": 8, "H": 64},
+                "median_us": 1.0, "saved_bytes": saved, "peak_memory_bytes": peak}
+    run = summarize({"benchmarks": []}, "gru")
+    run["results"] = [row("cudnn", 2048, 4096), row("cuda", 3072, 5120), row("eager", 8192, 9216),
+                      row("cuda:grid", 1024, 2048)]
+    header, _, line = memory_tables(run).splitlines()[2:5]
+    assert header == ("| shape | cudnn saved (KiB) | eager saved (KiB) | cuda saved (KiB) | cudnn peak (KiB) "
+                      "| eager peak (KiB) | cuda peak (KiB) | cuda / cudnn saved |")
+    assert line == "| B=8 H=64 | 2 | 8 | 3 | 4 | 9 | 5 | 1.50x |"
+    assert memory_tables(summarize(_raw(), "gru")) == ""  # times only: no memory table
+
+
+def test_summarize_keeps_the_memory_measurements():
+    raw = _raw()
+    raw["benchmarks"][2]["extra_info"].update(saved_bytes=1000, peak_memory_bytes=3000)
+    cpu = next(r for r in summarize(raw, "gru")["results"] if r["provider"] == "cpu")
+    assert (cpu["saved_bytes"], cpu["peak_memory_bytes"]) == (1000, 3000)
+    eager = next(r for r in summarize(raw, "gru")["results"] if r["provider"] == "eager")
+    assert "saved_bytes" not in eager
