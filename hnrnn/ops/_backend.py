@@ -133,6 +133,12 @@ def without_autocast(device: torch.device):
     return torch.autocast(device.type, enabled=False)
 
 
+def value_range(t: torch.Tensor) -> Tuple[int, int]:
+    """(min, max) of a non-empty integer tensor on the host: one reduction and one transfer (one
+    wait for the device on CUDA, where two .item() calls would wait twice)."""
+    return tuple(torch.stack(torch.aminmax(t)).tolist())
+
+
 def available(device: torch.device):
     """Backends that can run on `device`, fastest first."""
     return [b for b in BACKENDS if unavailable_reason(b, device) is None]

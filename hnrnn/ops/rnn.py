@@ -274,7 +274,7 @@ def _check_args(op: str, gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Option
         raise ValueError(f"{op}: lengths must be (B,) = ({gates_x.shape[1]},), got {tuple(lengths.shape)}")
     # One reduction (free for the CPU lengths of a packed sequence); not possible in a compiled graph.
     if not torch.compiler.is_compiling() and lengths.numel() > 0:
-        lo, hi = (int(v) for v in torch.aminmax(lengths))
+        lo, hi = _backend.value_range(lengths)
         if lo < 0 or hi > gates_x.shape[0]:
             raise ValueError(f"{op}: lengths must be in [0, T] = [0, {gates_x.shape[0]}], found "
                              f"{lo if lo < 0 else hi}")

@@ -164,10 +164,11 @@ def _validate(ids, floats, training, momentum, eps, seq):
 
 
 def _check_ids_range(ids, vocab_size):
-    """One reduction (one host sync on CUDA); impossible inside a compiled graph, so skipped there."""
+    """One reduction and one wait for the device on CUDA; impossible inside a compiled graph, so
+    skipped there."""
     if torch.compiler.is_compiling() or ids.numel() == 0:
         return
-    lo, hi = (int(v) for v in torch.aminmax(ids))
+    lo, hi = _backend.value_range(ids)
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise IndexError(f"zoo_cell: ids must be in [0, {vocab_size}) (the rows of emb), found {bad}")
