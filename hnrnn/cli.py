@@ -30,6 +30,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _driver_version(device: torch.device):
+    """The NVIDIA driver's version as nvidia-smi reports it ("570.86.15"); None off CUDA or
+    where nvidia-smi cannot tell."""
+    if device.type != "cuda":
+        return None
+    try:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+        version = out.stdout.strip() if out.returncode == 0 else ""
+        return version or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def environment(device: torch.device) -> dict:
     """Where a result was measured: attached to every JSON this package writes."""
     try:
@@ -41,6 +56,7 @@ def environment(device: torch.device) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
         f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
         "torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+        "driver": _driver_version(device),
         "python": platform.python_version(), "commit": _git_commit(),
         "torch_threads": torch.get_num_threads(),
     }

@@ -153,6 +153,7 @@ def bench_section(results_dir: str = RESULTS) -> str:
         env = run["environment"]
         parts.append(f"### {run['suite']} on {env.get('device', '?')}\n\nFrom `{_rel(path)}` "
                      f"(torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+                     + (f"driver {env['driver']}, " if env.get("driver") else "") +
                      f"commit {str(env.get('commit'))[:10]}), median time per call, measured side by "
                      f"side in one process:\n\n" + bench_tables(run)
                      + (f"\n\nMemory of the same runs:\n\n{memory}" if (memory := memory_tables(run)) else ""))

@@ -84,3 +84,22 @@ def test_summarize_keeps_the_memory_measurements():
     assert (cpu["saved_bytes"], cpu["peak_memory_bytes"]) == (1000, 3000)
     eager = next(r for r in summarize(raw, "gru")["results"] if r["provider"] == "eager")
     assert "saved_bytes" not in eager
+
+
+def test_environment_names_the_driver(tmp_path, monkeypatch):
+    """Result files carry the NVIDIA driver's version (nvidia-smi's), None off CUDA or without it."""
+    import os
+
+    import torch
+
+    from hnrnn.cli import environment
+    assert environment(torch.device("cpu"))["driver"] is None
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/sh\n[ "$1" = --id=0 ] && echo " 570.86.15"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    from hnrnn.cli import _driver_version
+    assert _driver_version(torch.device("cuda", 0)) == "570.86.15"
+    assert _driver_version(torch.device("cuda", 1)) is None  # nvidia-smi printed nothing
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert _driver_version(torch.device("cuda", 0)) is None
