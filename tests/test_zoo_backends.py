@@ -47,15 +47,30 @@ def test_backend_matches_eager(name, backend):
     check_backend_matches_eager(name, backend)
 
 
+def _train(name, backend, epochs):
+    r = RECIPES[name]
+    torch.manual_seed(0)
+    learn = Learner(MODELS[name](backend=backend), human_numbers(), r["loss"], r["metric"], bptt=r["bptt"],
+                    verbose=False)
+    return learn.fit_one_cycle(epochs or r["epochs"], r["max_lr"], pct_start=r["pct_start"]).epochs
+
+
 @pytest.mark.parametrize("name", ["Model0", "Model1", "Model2", "Model3"])
 def test_first_epoch_losses_match_eager(name):
-    """Issue 3: first-epoch losses within 1e-4 at a fixed seed on CPU (float32)."""
-    data = human_numbers()
-    r = RECIPES[name]
-    results = []
-    for backend in ("eager", "cpu"):
-        torch.manual_seed(0)
-        learn = Learner(MODELS[name](backend=backend), data, r["loss"], r["metric"], bptt=r["bptt"], verbose=False)
-        results.append(learn.fit_one_cycle(1, r["max_lr"], pct_start=r["pct_start"]).epochs[0])
-    assert abs(results[0].train_loss - results[1].train_loss) < 1e-4
-    assert abs(results[0].valid_loss - results[1].valid_loss) < 1e-4
+    """Issue 3: first-epoch losses within 1e-4 at a fixed seed on CPU (float32), for the fused
+    cell's C++ kernels and its pure-PyTorch reference alike."""
+    want = _train(name, "eager", 1)[0]
+    for backend in ("cpu", "reference"):
+        got = _train(name, backend, 1)[0]
+        assert abs(got.train_loss - want.train_loss) < 1e-4, backend
+        assert abs(got.valid_loss - want.valid_loss) < 1e-4, backend
+
+
+@pytest.mark.parametrize("name", ["Model0", "Model1", "Model2"])
+def test_final_accuracy_matches_eager(name):
+    """Issue 3: the whole recipe at a fixed seed ends at the seed loop's accuracy. (Model3's 20
+    epochs at max_lr 3e-3 amplify float rounding into seed-sized differences, so it is held to
+    the seeds' accuracy band in test_zoo_accuracy.py instead.)"""
+    want, got = _train(name, "eager", None)[-1], _train(name, "cpu", None)[-1]
+    assert abs(got.metric - want.metric) < 1e-3
+    assert abs(got.valid_loss - want.valid_loss) < 1e-3
