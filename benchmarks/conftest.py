@@ -15,12 +15,15 @@ the provider, mode and shape go to `benchmark.extra_info`; `hnrnn bench` turns t
 pytest-benchmark JSON into benchmarks/results/<device>/<suite>.json with ratios between
 providers measured in the same process.
 """
+import os
 import time
 
 import pytest
 import torch
 
-from hnrnn.bench import saved_activation_bytes
+from hnrnn.bench import DEADLINE_ENV, saved_activation_bytes
+
+_skipped_for_time = []
 
 
 def _sync(device):
@@ -63,11 +66,21 @@ def timed(benchmark):
     return run
 
 
+@pytest.fixture(autouse=True)
+def _time_box(request):
+    """hnrnn bench --max-seconds: a case not started before the deadline is skipped."""
+    deadline = os.environ.get(DEADLINE_ENV)
+    if deadline and time.time() > float(deadline):
+        _skipped_for_time.append(request.node.name)
+        pytest.skip("hnrnn bench --max-seconds: the suite's time box is spent")
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     from hnrnn.cli import environment
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     output_json["hnrnn_environment"] = environment(device)
+    output_json["hnrnn_skipped_for_time"] = len(_skipped_for_time)
 
 
 def pytest_collection_modifyitems(items):

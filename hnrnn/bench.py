@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Optional
 
 import torch
@@ -63,8 +64,11 @@ def summarize(raw: dict, suite: str) -> dict:
             if memory in info:
                 row[memory] = info[memory]
         results.append(row)
-    return {"suite": suite, "environment": raw.get("hnrnn_environment", {}), "results": results,
-            "ratios": ratios(results)}
+    run = {"suite": suite, "environment": raw.get("hnrnn_environment", {}), "results": results,
+           "ratios": ratios(results)}
+    if raw.get("hnrnn_skipped_for_time"):
+        run["skipped_for_time"] = raw["hnrnn_skipped_for_time"]
+    return run
 
 
 def ratios(results):
@@ -82,8 +86,15 @@ def ratios(results):
     return out
 
 
-def run_suite(suite: str, pytest_args=(), out_dir: Optional[str] = None) -> str:
-    """Run benchmarks/bench_<suite>.py in a subprocess; returns the results file written."""
+# Set by run_suite for the benchmark process: the time.time() after which benchmarks/conftest.py
+# skips the cases not yet started, so a time-boxed run still writes what it measured.
+DEADLINE_ENV = "HNRNN_BENCH_DEADLINE"
+
+
+def run_suite(suite: str, pytest_args=(), out_dir: Optional[str] = None,
+              max_seconds: Optional[float] = None) -> str:
+    """Run benchmarks/bench_<suite>.py in a subprocess; returns the results file written. With
+    `max_seconds`, cases not started by then are skipped (counted as skipped_for_time)."""
     if suite not in suites():
         raise ValueError(f"no benchmark suite {suite!r}; have: {', '.join(suites())}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -94,12 +105,19 @@ def run_suite(suite: str, pytest_args=(), out_dir: Optional[str] = None) -> str:
         cmd = [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks", f"bench_{suite}.py"),
                "-o", "addopts=", "-p", "no:cacheprovider", "-q", f"--benchmark-json={raw_path}",
                *pytest_args]
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        env = dict(os.environ)
+        if max_seconds is not None:
+            env[DEADLINE_ENV] = repr(time.time() + max_seconds)
+        rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         if rc != 0 or not os.path.exists(raw_path):
             raise RuntimeError(f"benchmark suite {suite} failed (pytest exit code {rc})")
+        if os.path.getsize(raw_path) == 0:  # pytest-benchmark leaves it empty when no case ran
+            raise RuntimeError(f"benchmark suite {suite}: no case ran (all skipped or deselected); "
+                               "nothing written")
         with open(raw_path) as f:
             raw = json.load(f)
     path = os.path.join(out_dir, f"{suite}.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # renamed into place: never half a results file
         json.dump(summarize(raw, suite), f, indent=1)
+    os.replace(path + ".tmp", path)
     return path

@@ -207,7 +207,7 @@ def cmd_bench(args):
     from hnrnn.bench import run_suite, suites
 
     for suite in args.suites or suites():
-        print(f"wrote {run_suite(suite, args.pytest_args, args.out)}")
+        print(f"wrote {run_suite(suite, args.pytest_args, args.out, args.max_seconds)}")
 
 
 def cmd_report(args):
@@ -263,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run benchmark suites; write benchmarks/results/<device>/<suite>.json")
     b.add_argument("suites", nargs="*", help="suite names (benchmarks/bench_<name>.py); default all")
     b.add_argument("--out", help="results folder (default benchmarks/results/<device-slug>)")
+    b.add_argument("--max-seconds", type=float,
+                   help="time box per suite: cases not started by then are skipped, the rest is written")
     b.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
                    help="passed on to pytest, e.g. -k seed")
     b.set_defaults(func=cmd_bench)

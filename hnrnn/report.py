@@ -143,6 +143,18 @@ def memory_tables(run: dict) -> str:
     return "\n\n".join(out)
 
 
+def _provenance(path: str, run: dict) -> str:
+    """Where a suite's numbers come from: the file, the versions, the commit, what was left out."""
+    env = run["environment"]
+    versions = f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+    if env.get("driver"):
+        versions += f"driver {env['driver']}, "
+    cut = (f" ({run['skipped_for_time']} cases left out by the run's time box)"
+           if run.get("skipped_for_time") else "")
+    return (f"From `{_rel(path)}` ({versions}commit {str(env.get('commit'))[:10]}), median time per "
+            f"call, measured side by side in one process{cut}:")
+
+
 def bench_section(results_dir: str = RESULTS) -> str:
     parts = []
     for path in sorted(glob.glob(os.path.join(results_dir, "*", "*.json"))):
@@ -150,13 +162,12 @@ def bench_section(results_dir: str = RESULTS) -> str:
             run = json.load(f)
         if "suite" not in run:  # a zoo training run: zoo_section's
             continue
-        env = run["environment"]
-        parts.append(f"### {run['suite']} on {env.get('device', '?')}\n\nFrom `{_rel(path)}` "
-                     f"(torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
-                     + (f"driver {env['driver']}, " if env.get("driver") else "") +
-                     f"commit {str(env.get('commit'))[:10]}), median time per call, measured side by "
-                     f"side in one process:\n\n" + bench_tables(run)
-                     + (f"\n\nMemory of the same runs:\n\n{memory}" if (memory := memory_tables(run)) else ""))
+        part = (f"### {run['suite']} on {run['environment'].get('device', '?')}\n\n"
+                f"{_provenance(path, run)}\n\n{bench_tables(run)}")
+        memory = memory_tables(run)
+        if memory:
+            part += f"\n\nMemory of the same runs:\n\n{memory}"
+        parts.append(part)
     return "\n\n".join(parts) or "_No benchmark results committed yet._"
 
 

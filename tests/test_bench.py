@@ -1,4 +1,6 @@
 """The benchmark harness: pytest-benchmark JSON -> results file with same-process ratios."""
+import os
+
 from hnrnn.bench import device_slug, summarize
 from hnrnn.report import bench_tables, memory_tables
 
@@ -103,3 +105,40 @@ def test_environment_names_the_driver(tmp_path, monkeypatch):
     assert _driver_version(torch.device("cuda", 1)) is None  # nvidia-smi printed nothing
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert _driver_version(torch.device("cuda", 0)) is None
+
+
+def test_a_suite_runs_and_writes_its_results(tmp_path):
+    """bench_zoo_cell.py end to end at the seed's T = 3 (its reference and compile cases left out):
+    times per provider and mode, the saved activations of forward+backward, same-process ratios."""
+    import json
+
+    from hnrnn.bench import run_suite
+    path = run_suite("zoo_cell", ["-k", "T3 and (eager or cpu) and not reference and not compile"], str(tmp_path))
+    with open(path) as f:
+        run = json.load(f)
+    got = {(r["provider"], r["mode"]): r for r in run["results"]}
+    assert set(got) == {(p, m) for p in ("eager", "cpu") for m in ("forward", "forward+backward")}
+    assert all(r["median_us"] > 0 and r["shape"] == {"B": 64, "H": 64, "T": 3, "norm_state": True}
+               for r in got.values())
+    assert got["cpu", "forward+backward"]["saved_bytes"] > 3 * 64 * 64 * 4  # at least one (T, B, H) tensor
+    assert "saved_bytes" not in got["cpu", "forward"]
+    assert {(r["backend"], r["peer"], r["mode"]) for r in run["ratios"]} == {
+        ("cpu", "eager", "forward"), ("cpu", "eager", "forward+backward")}
+    assert "skipped_for_time" not in run and run["environment"]["commit"]
+    assert os.listdir(tmp_path) == ["zoo_cell.json"]
+
+
+def test_a_spent_time_box_writes_nothing(tmp_path):
+    import pytest
+
+    from hnrnn.bench import run_suite
+    (tmp_path / "zoo_cell.json").write_text("committed")
+    with pytest.raises(RuntimeError, match="no case ran"):
+        run_suite("zoo_cell", ["-k", "T3"], str(tmp_path), max_seconds=0)
+    assert (tmp_path / "zoo_cell.json").read_text() == "committed"
+
+
+def test_summarize_counts_the_cases_the_time_box_skipped():
+    raw = dict(_raw(), hnrnn_skipped_for_time=3)
+    assert summarize(raw, "gru")["skipped_for_time"] == 3
+    assert "skipped_for_time" not in summarize(_raw(), "gru")
