@@ -142,3 +142,16 @@ def test_summarize_counts_the_cases_the_time_box_skipped():
     raw = dict(_raw(), hnrnn_skipped_for_time=3)
     assert summarize(raw, "gru")["skipped_for_time"] == 3
     assert "skipped_for_time" not in summarize(_raw(), "gru")
+
+
+def test_gpu_rounds_use_the_cuda_event_times():
+    """On a GPU the fixture records each round between CUDA events; summarize reports those
+    (per call), not pytest-benchmark's host times."""
+    raw = _raw()
+    raw["benchmarks"][2]["extra_info"]["cuda_event_ms"] = [3.0, 1.0, 2.0, 5.0, 4.0]  # 10 calls a round
+    rows = {r["provider"]: r for r in summarize(raw, "gru")["results"]}
+    assert (rows["cpu"]["timer"], rows["eager"]["timer"]) == ("cuda events", "host")
+    import pytest
+    assert rows["cpu"]["median_us"] == pytest.approx(300.0) and rows["cpu"]["min_us"] == pytest.approx(100.0)
+    assert rows["cpu"]["rounds"] == 5 and rows["cpu"]["iqr_us"] == pytest.approx(300.0)  # quartiles 1.5, 4.5 ms
+    assert abs(rows["eager"]["median_us"] - 100.0) < 1e-9
