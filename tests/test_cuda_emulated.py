@@ -8,7 +8,8 @@ one cooperative launch over the SMs, per step, and for stacked layers one wavefr
 outputs, workspaces, running statistics and every gradient. csrc/rnn_network.cpp is compiled
 against the emulation too, so the network op runs with the GPU's choice of path and is compared
 with the CPU's. Each call also runs with the threads (and a cooperative launch's blocks) in
-reverse order between barriers and must give the same bits (a missing barrier would not). This is the CUDA half's only execution test without a GPU; `-m gpu` runs the real thing.
+reverse order between barriers and must give the same bits (a missing barrier would not). This
+is the CUDA half's only execution test without a GPU; `-m gpu` runs the real thing.
 """
 import os
 import subprocess

@@ -22,6 +22,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 #include "../op_checks.h"
 #include "../rnn_dispatch.h"
@@ -738,15 +739,21 @@ Path forced_path() {
   TORCH_CHECK_VALUE(false, "HNRNN_CUDA_RECURRENCE_PATH must be auto, persistent, grid or step, got '", name, "'");
 }
 
-// `forced`, checked; else the one-block persistent kernel where it fits, else the grid kernel where it
-// has a plan, else per step.
-Path choose_path(Path forced, bool fits_one_block, const GridPlan& plan, int64_t H) {
+// The path of one call and, for the grid path, its plan: the forced path, checked; else the
+// one-block persistent kernel where it fits, else the grid kernel where it has a plan, else per
+// step. `make_plan(work_limit)` (grid_plan: a device occupancy query) runs only where the grid
+// path is a candidate, so the persistent path's calls (the seed's shapes) do not pay for it.
+template <typename MakePlan>
+std::pair<Path, GridPlan> choose_path(bool fits_one_block, int64_t H, const MakePlan& make_plan) {
+  const Path forced = forced_path();
   TORCH_CHECK(forced != Path::kPersistent || fits_one_block, "HNRNN_CUDA_RECURRENCE_PATH=persistent: W_hh of hidden ",
               "size ", H, " does not fit one block's shared memory");
+  const bool grid_candidate = forced == Path::kGrid || (forced == Path::kAuto && !fits_one_block);
+  const GridPlan plan = grid_candidate ? make_plan(forced == Path::kAuto) : GridPlan{};
   TORCH_CHECK(forced != Path::kGrid || plan.blocks > 0, "HNRNN_CUDA_RECURRENCE_PATH=grid: W_hh of hidden size ", H,
               " does not fit across the SMs of one cooperative launch");
-  if (forced != Path::kAuto) return forced;
-  return fits_one_block ? Path::kPersistent : plan.blocks > 0 ? Path::kGrid : Path::kStep;
+  if (forced != Path::kAuto) return {forced, plan};
+  return {fits_one_block ? Path::kPersistent : plan.blocks > 0 ? Path::kGrid : Path::kStep, plan};
 }
 
 template <bool GRU, bool RELU>
@@ -774,9 +781,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
     const size_t smem = fwd_smem_bytes<scalar_t>(H, G);
     const auto grid_kernel = grid_fwd_kernel<GRU, RELU, scalar_t>;
     const bool fits_one_block = static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
-    const Path forced = forced_path();
-    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, false, B, H, G, device, forced == Path::kAuto);
-    const Path path = choose_path(forced, fits_one_block, plan, H);
+    const auto [path, plan] = choose_path(fits_one_block, H, [&](bool work_limit) {
+      return grid_plan<scalar_t>(grid_kernel, false, B, H, G, device, work_limit);
+    });
     if (path == Path::kPersistent) {
       cuda::launch(persistent_fwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
@@ -829,9 +836,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
     const size_t smem = bwd_smem_bytes<scalar_t>(H, G);
     const auto grid_kernel = grid_bwd_kernel<GRU, RELU, scalar_t>;
     const bool fits_one_block = static_cast<int64_t>(smem) <= cuda::max_dynamic_smem(device);
-    const Path forced = forced_path();
-    const GridPlan plan = grid_plan<scalar_t>(grid_kernel, true, B, H, G, device, forced == Path::kAuto);
-    const Path path = choose_path(forced, fits_one_block, plan, H);
+    const auto [path, plan] = choose_path(fits_one_block, H, [&](bool work_limit) {
+      return grid_plan<scalar_t>(grid_kernel, true, B, H, G, device, work_limit);
+    });
     if (path == Path::kPersistent) {
       cuda::launch(persistent_bwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, grad_out.data_ptr<scalar_t>(), grad_h_n.data_ptr<scalar_t>(),
