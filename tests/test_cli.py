@@ -3,7 +3,8 @@ import json
 import subprocess
 import sys
 
-from hnrnn.cli import main
+from hnrnn.cli import main, seconds_to_reach
+from hnrnn.learner import EpochRecord, History
 
 
 def test_data_walkthrough(capsys):
@@ -62,3 +63,13 @@ def test_zoo_table_and_json(tmp_path, capsys):
 def test_console_script_and_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "hnrnn", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "zoo" in r.stdout and "train" in r.stdout
+
+
+def test_seconds_to_reach_sums_epochs_up_to_the_first_that_reaches_the_target():
+    h = History("accuracy", [EpochRecord(i, 1.0, 1.0, m, s) for i, (m, s) in
+                             enumerate([(0.2, 1.5), (0.5, 2.0), (0.4, 4.0), (0.6, 8.0)])])
+    assert seconds_to_reach(h, 0.5) == 3.5  # reached exactly at epoch 1: 1.5 + 2.0
+    assert seconds_to_reach(h, 0.55) == 15.5  # a later dip (epoch 2) does not count as reaching it
+    assert seconds_to_reach(h, 0.1) == 1.5
+    assert seconds_to_reach(h, 0.7) is None
+    assert seconds_to_reach(History("accuracy"), 0.1) is None

@@ -21,9 +21,11 @@ def kernels():
 
 
 @pytest.mark.parametrize("norm_state,training", MODES)
-@pytest.mark.parametrize("B,T,H", [(3, 3, 7), (64, 3, 64), (5, 4, 50), (3, 2, 130)])
+@pytest.mark.parametrize("B,T,H", [(3, 3, 7), (64, 3, 64), (5, 4, 50), (3, 2, 130),
+                                   (64, 2, 7), (64, 2, 50), (64, 2, 130)])
 def test_triton_matches_reference_and_seed_loop(kernels, B, T, H, norm_state, training):
     # H = 130 pads to 256 > SEQ_MAX_H: the per-step path; the others run the sequence kernel.
+    # B = 64 with H not a power of two: padded feature lanes beside a full batch of rows.
     assert kernels.use_sequence_kernel(B, H) == (H <= 128)
     check_backend("triton", B, T, H, norm_state, training)
 
