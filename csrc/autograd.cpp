@@ -80,7 +80,7 @@ struct RecurrenceFunction : public torch::autograd::Function<RecurrenceFunction>
                                const c10::optional<Tensor>& lengths) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, ws] = call_recurrence(mode, gates_x, h0, w_hh, b_hh, reverse, lengths);
-    ctx->save_for_backward({ws, w_hh, h_n, lengths.value_or(Tensor())});
+    ctx->save_for_backward({ws, w_hh, h_n, lengths.value_or(Tensor()), h0});
     ctx->saved_data["mode"] = mode;
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["has_bias"] = b_hh.has_value();
@@ -99,7 +99,7 @@ struct RecurrenceFunction : public torch::autograd::Function<RecurrenceFunction>
                                                                   ws.options());
     auto [dgx, dgh, dh0] = call_recurrence_backward(mode, grad_out, grad_or_zeros(grads[1], h_n), ws, w_hh,
                                                     ctx->saved_data["reverse"].toBool(), lengths);
-    auto [dw, db] = recurrent_weight_grads(mode, dgh, ws);
+    auto [dw, db] = recurrent_weight_grads(mode, dgh, ws, s[4], ctx->saved_data["reverse"].toBool(), lengths);
     return {dgx, dh0, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -124,7 +124,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_recurrence_autograd(const Tensor& gates_x
 using NetworkForward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, at::TensorList, int64_t, int64_t, bool, double, bool, const c10::optional<Tensor>&);
 using NetworkBackward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
-    const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList, int64_t, int64_t, bool,
+    const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList, int64_t, int64_t, bool,
     const c10::optional<Tensor>&, bool);
 
 struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
@@ -135,7 +135,7 @@ struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, h_n, saved] =
         op.call(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths);
-    variable_list to_save{input, h_n, lengths.value_or(Tensor())};
+    variable_list to_save{input, h_n, lengths.value_or(Tensor()), hx};
     to_save.insert(to_save.end(), weights.begin(), weights.end());
     to_save.insert(to_save.end(), saved.begin(), saved.end());
     ctx->save_for_backward(to_save);
@@ -157,8 +157,9 @@ struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
     const Tensor &input = s[0], &h_n = s[1];
     const c10::optional<Tensor> lengths = s[2].defined() ? c10::optional<Tensor>(s[2]) : c10::nullopt;
     const int64_t n_weights = ctx->saved_data["n_weights"].toInt();
-    const std::vector<Tensor> weights(s.begin() + 3, s.begin() + 3 + n_weights);
-    const std::vector<Tensor> saved(s.begin() + 3 + n_weights, s.end());
+    const Tensor& hx = s[3];
+    const std::vector<Tensor> weights(s.begin() + 4, s.begin() + 4 + n_weights);
+    const std::vector<Tensor> saved(s.begin() + 4 + n_weights, s.end());
     const int64_t num_layers = ctx->saved_data["num_layers"].toInt();
     // grad of output is (T, B, D*H), D = h_n.size(0) / num_layers
     const Tensor grad_output =
@@ -167,7 +168,7 @@ struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
                                                h_n.sym_size(0) / num_layers * h_n.sym_size(2)},
                                               input.options());
     auto [d_input, d_hx, d_weights] =
-        op.call(grad_output, grad_or_zeros(grads[1], h_n), input, weights, saved, ctx->saved_data["mode"].toInt(),
+        op.call(grad_output, grad_or_zeros(grads[1], h_n), input, hx, weights, saved, ctx->saved_data["mode"].toInt(),
                 num_layers, ctx->saved_data["bidirectional"].toBool(), lengths,
                 ctx->needs_input_grad(0));
     // one gradient per forward argument: input, hx, each weight, then the 6 non-differentiable ones

@@ -56,7 +56,8 @@ TORCH_LIBRARY(hnrnn, m) {
   // gates_x: (T, B, G*H) = x W_ih^T + b_ih for every step (G = 3 for GRU, 1 for RNN);
   // h0: (B, H); w_hh: (G*H, H); lengths: optional int64 (B,) for packed sequences.
   // Returns out (T, B, H), h_n (B, H) and the workspace backward needs
-  // (GRU: (T, B, 5H) = [r, z, n, W_hn h + b_hn, h_prev]; RNN: (T, B, 2H) = [h, h_prev]).
+  // (GRU: (T, B, 5H) = [r, z, n, W_hn h + b_hn, h_prev]; RNN: (T, B, H) = [h], whose h_prev is the
+  // state of the step before, or h0: rnn_dispatch.h).
   m.def("gru_recurrence(Tensor gates_x, Tensor h0, Tensor w_hh, Tensor? b_hh, bool reverse, "
         "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
   // Returns the gradients of the input gates and of the recurrent gates (T, B, 3H), and of h0.
@@ -76,7 +77,7 @@ TORCH_LIBRARY(hnrnn, m) {
         "bool bidirectional, float dropout, bool train, Tensor? lengths) -> "
         "(Tensor output, Tensor h_n, Tensor[] saved)", {at::Tag::nondeterministic_seeded});
   // Gradients of input (zeros unless input_grad), hx and every weight (in the order of weights).
-  m.def("rnn_network_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor[] weights, "
+  m.def("rnn_network_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, Tensor[] weights, "
         "Tensor[] saved, int mode, int num_layers, bool bidirectional, Tensor? lengths, bool input_grad) -> "
         "(Tensor grad_input, Tensor grad_hx, Tensor[] grad_weights)");
 }

@@ -11,8 +11,10 @@ namespace hnrnn {
 enum RnnMode : int64_t { kGru = 0, kRnnTanh = 1, kRnnRelu = 2 };
 
 inline int64_t gates_of(int64_t mode) { return mode == kGru ? 3 : 1; }
-// Width of the workspace in units of H; it ends with h_prev (see hnrnn/ops/rnn.py).
-inline int64_t ws_width_of(int64_t mode) { return mode == kGru ? 5 : 2; }
+// Width of the workspace in units of H (layouts in hnrnn/ops/rnn.py): the GRU's ends with
+// h_prev; the RNN's is its states alone, h_prev being the state of the step before (or h0).
+constexpr int64_t ws_width(bool gru) { return gru ? 5 : 1; }
+inline int64_t ws_width_of(int64_t mode) { return ws_width(mode == kGru); }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> call_recurrence(
     int64_t mode, const at::Tensor& gates_x, const at::Tensor& h0, const at::Tensor& w_hh,
@@ -57,14 +59,34 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> call_recurrence_backward(
   return {std::get<0>(r), std::get<0>(r), std::get<1>(r)};
 }
 
+// The RNN's h_prev of every step from its states (the workspace) and h0: the state of the step
+// before in the direction of the recurrence, h0 at a sequence's first step (t = 0 forward;
+// t = lengths[b] - 1, else T - 1, reverse). Masked steps get finite values (states there are 0),
+// which the dW_hh GEMM multiplies by their zero gate gradients.
+inline at::Tensor rnn_previous_states(const at::Tensor& h, const at::Tensor& h0, bool reverse,
+                                      const c10::optional<at::Tensor>& lengths) {
+  const auto T = h.sym_size(0);
+  const at::Tensor first = h0.unsqueeze(0);
+  if (!reverse) return at::cat({first, h.narrow_symint(0, 0, T - 1)}, 0);
+  const at::Tensor prev = at::cat({h.narrow_symint(0, 1, T - 1), first}, 0);
+  if (!lengths.has_value()) return prev;
+  const at::Tensor steps = at::arange(c10::Scalar(T), lengths->options().device(h.device())).unsqueeze(1);  // (T, 1)
+  const at::Tensor is_first = steps.eq(lengths->to(h.device()).unsqueeze(0) - 1).unsqueeze(2);         // (T, B, 1)
+  return at::where(is_first, first, prev);
+}
+
 // dW_hh = sum_t dG_h[t]^T h_prev[t] (one GEMM over all steps) and db_hh = sum_t dG_h[t].
 inline std::tuple<at::Tensor, at::Tensor> recurrent_weight_grads(int64_t mode, const at::Tensor& dgh,
-                                                                 const at::Tensor& ws) {
+                                                                 const at::Tensor& ws, const at::Tensor& h0,
+                                                                 bool reverse,
+                                                                 const c10::optional<at::Tensor>& lengths) {
   const auto rows = ws.sym_size(0) * ws.sym_size(1);
-  const auto H = ws.sym_size(2) / ws_width_of(mode);
+  const auto H = h0.sym_size(1);
   const at::Tensor dgh2 = dgh.reshape_symint({rows, gates_of(mode) * H});
-  const at::Tensor h_prev = ws.narrow_symint(2, (ws_width_of(mode) - 1) * H, H).reshape_symint({rows, H});
-  return {dgh2.t().mm(h_prev), dgh2.sum(0)};
+  if (rows == 0) return {at::zeros_symint({gates_of(mode) * H, H}, dgh.options()), dgh2.sum(0)};  // T = 0 or B = 0
+  const at::Tensor h_prev = mode == kGru ? ws.narrow_symint(2, (ws_width_of(mode) - 1) * H, H)
+                                         : rnn_previous_states(ws, h0, reverse, lengths);
+  return {dgh2.t().mm(h_prev.reshape_symint({rows, H})), dgh2.sum(0)};
 }
 
 #ifdef HNRNN_WITH_CUDA

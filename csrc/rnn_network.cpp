@@ -16,7 +16,8 @@
 // wrappers, stacking) cost more than the kernels at the lesson's sizes; its autograd is C++ too
 // (csrc/autograd.cpp).
 //
-// `saved` (what backward needs, an op output so that fake tensors and torch.compile see it):
+// `saved` (what backward needs besides input, hx and the weights; an op output so that fake
+// tensors and torch.compile see it):
 //   [ws of each layer and direction (L*D), input of layers 1..L-1 after dropout (L-1),
 //    dropout noise of layers 1..L-1 (L-1; empty tensors where no dropout ran)].
 #include <torch/extension.h>
@@ -129,7 +130,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
 }
 
 std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
-    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, at::TensorList weights,
+    const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& hx, at::TensorList weights,
     at::TensorList saved, int64_t mode, int64_t num_layers, bool bidirectional,
     const c10::optional<Tensor>& lengths, bool input_grad) {
   const int64_t D = bidirectional ? 2 : 1, LD = num_layers * D;
@@ -141,7 +142,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
   std::vector<Tensor> grad_weights(weights.size());
   // The weight gradients of layer-direction k from its gate gradients: GEMMs / sums over all steps.
   auto weight_grads = [&](int64_t k, const Tensor& dgx2, const Tensor& dgh, const Tensor& x2) {
-    auto [dw_hh, db_hh] = recurrent_weight_grads(mode, dgh, saved[k]);
+    auto [dw_hh, db_hh] = recurrent_weight_grads(mode, dgh, saved[k], hx[k], k % D == 1, lengths);
     grad_weights[k * n] = dgx2.t().mm(x2);
     grad_weights[k * n + 1] = dw_hh;
     if (bias) {

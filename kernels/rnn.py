@@ -3,7 +3,7 @@
 Same design as kernels/gru.py with one gate: on the resident path W_hh (H, H) stays on chip per
 program of BLOCK_B batch rows, the state in registers, one tl.dot per step; on the per-step path
 (larger H) one GEMM and one fused pointwise kernel per step, sharing the step math
-(_rnn_fwd_cell, _rnn_bwd_cell). Workspace (T, B, 2H) = [h, h_prev], as every hnrnn backend.
+(_rnn_fwd_cell, _rnn_bwd_cell). Workspace (T, B, H) = [h], as every hnrnn backend.
 """
 import triton
 import triton.language as tl
@@ -28,9 +28,7 @@ def _rnn_fwd_cell(gx_ptr, ws_ptr, out_ptr, row, rj, H, m2, h, gh, lens, t,
         active = (t < lens)[:, None]
         out_t = tl.where(active, h_new, 0.0)
         h_new = tl.where(active, h_new, h)
-    ws = ws_ptr + row * (2 * H) + rj[None, :]
-    tl.store(ws, out_t.to(ws_ptr.dtype.element_ty), mask=m2)
-    tl.store(ws + H, h.to(ws_ptr.dtype.element_ty), mask=m2)
+    tl.store(ws_ptr + row * H + rj[None, :], out_t.to(ws_ptr.dtype.element_ty), mask=m2)
     tl.store(out_ptr + row * H + rj[None, :], out_t.to(out_ptr.dtype.element_ty), mask=m2)
     return h_new
 
@@ -40,7 +38,7 @@ def _rnn_bwd_cell(go_ptr, ws_ptr, dg_ptr, row, rj, H, m2, dh, lens, t,
                   HAS_LEN: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
     """Step t's gate gradient from dh (stored and returned) and the direct part of dh_{t-1}:
     none (zeros), or dh itself where the step was masked."""
-    h = tl.load(ws_ptr + row * (2 * H) + rj[None, :], mask=m2, other=0.0).to(ACC)
+    h = tl.load(ws_ptr + row * H + rj[None, :], mask=m2, other=0.0).to(ACC)
     d = dh + tl.load(go_ptr + row * H + rj[None, :], mask=m2, other=0.0).to(ACC)
     if RELU:
         g = tl.where(h <= 0.0, 0.0, d)  # torch's threshold_backward: NaN h passes d
@@ -135,7 +133,7 @@ def rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
     T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
     gates_x, h0, w_hh = gates_x.contiguous(), h0.contiguous(), w_hh.contiguous()
     out = gates_x.new_empty((T, B, H))
-    ws = gates_x.new_empty((T, B, 2 * H))
+    ws = gates_x.new_empty((T, B, H))
     if not resident(1, H, h0.dtype):
         h_n = forward_steps(_rnn_fwd_step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, ws, RELU=relu)
         return out, h_n, ws

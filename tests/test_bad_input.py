@@ -323,7 +323,7 @@ DIRECT_ROWS = [
      "b_hh has dtype Float but h0 has Double"),
     ("rnn b_hh of GRU size", direct_rec("rnn_recurrence", gates=1, b_hh=randn(15)), ValueError,
      "rnn_recurrence: b_hh must have 5 elements"),
-    ("workspace of RNN width", direct_rec_backward(ws_width=2), ValueError,
+    ("workspace of RNN width", direct_rec_backward(ws_width=1), ValueError,
      r"gru_recurrence_backward: the workspace must be \(4, 3, 25\)"),
     ("backward lengths of another batch", direct_rec_backward(lengths=torch.tensor([1])), ValueError,
      r"lengths must be \(3,\)"),

@@ -323,8 +323,8 @@ def test_network_op(emu, kind, dtype, L, H, packed):
     grad_out, grad_h = (torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
                         for shape in ((T, B, H), (L, B, H)))
     bargs = (mode, L, False, lengths, True)
-    gi, ghx, gw = emu.rnn_network_backward(grad_out, grad_h, x, weights, got[2:], *bargs)
-    wi, whx, ww = torch.ops.hnrnn.rnn_network_backward(grad_out, grad_h, x, weights, want_saved, *bargs)
+    gi, ghx, gw = emu.rnn_network_backward(grad_out, grad_h, x, hx, weights, got[2:], *bargs)
+    wi, whx, ww = torch.ops.hnrnn.rnn_network_backward(grad_out, grad_h, x, hx, weights, want_saved, *bargs)
     assert_close_all([gi, ghx, *gw], [wi, whx, *ww],
                      ["d input", "d hx"] + [f"d weight {i}" for i in range(len(ww))], tol)
 

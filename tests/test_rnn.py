@@ -297,7 +297,7 @@ def test_opcheck_network_ops(case):
                                                                for a in args]
     weights = [w.detach() for w in weights]
     torch.library.opcheck(torch.ops.hnrnn.rnn_network_backward.default,
-                          (torch.randn_like(out), torch.randn_like(h_n), x, weights, saved, mode, layers,
+                          (torch.randn_like(out), torch.randn_like(h_n), x, hx, weights, saved, mode, layers,
                            bidirectional, lens, True))
 
 

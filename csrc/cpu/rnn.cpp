@@ -8,7 +8,7 @@
 // by the caller on the returned per-step gate gradients.
 //
 // Workspace layouts (shared with every backend, see hnrnn/ops/rnn.py):
-//   GRU: ws (T, B, 5H) = [r, z, n, gh_n, h_prev]      RNN: ws (T, B, 2H) = [h, h_prev]
+//   GRU: ws (T, B, 5H) = [r, z, n, gh_n, h_prev]      RNN: ws (T, B, H) = [h]
 // Masking (lengths, for packed sequences): step t of sequence b is active iff
 // t < lengths[b]; inactive steps output 0, keep the state, and pass gradients through.
 #include <torch/extension.h>
@@ -26,6 +26,7 @@
 #pragma GCC optimize("no-trapping-math")
 #endif
 #include "../op_checks.h"
+#include "../rnn_dispatch.h"
 #include "cpu_common.h"
 #include "rnn_math.h"
 #include "small_gemm.h"
@@ -170,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
-  at::Tensor ws = empty_output({T, B, 5 * H}, h0.options());
+  at::Tensor ws = empty_output({T, B, ws_width(true) * H}, h0.options());
   at::Tensor h = h0.contiguous().clone();  // the running state, returned as h_n
   at::Tensor gh = empty_output({B, 3 * H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, 3 * H, h0);
@@ -198,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& grad_h_n, const at::Tensor& ws_, const at::Tensor& w_hh_,
     bool reverse, const c10::optional<at::Tensor>& lengths) {
-  check_recurrence_backward_inputs(grad_out_, grad_h_n, ws_, w_hh_, lengths, 3, 5);
+  check_recurrence_backward_inputs(grad_out_, grad_h_n, ws_, w_hh_, lengths, 3, ws_width(true));
   const at::Tensor grad_out = grad_out_.contiguous(), ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
   at::Tensor dgx = empty_output({T, B, 3 * H}, grad_out.options());
@@ -237,7 +238,6 @@ HNRNN_INLINE void rnn_row_fwd(int64_t H, const T* __restrict__ gx, const T* __re
                               T* __restrict__ ws) {
   for (int64_t j = 0; j < H; ++j) {
     const T hn = rnn_forward<T>(gx[j] + gh[j] + bh[j], RELU);
-    ws[H + j] = h[j];
     ws[j] = hn;
     out[j] = hn;
     h[j] = hn;
@@ -259,12 +259,11 @@ HNRNN_INLINE void rnn_step_fwd(int64_t nb, int64_t H, bool relu, int64_t t, cons
   for (int64_t b = 0; b < nb; ++b) {
     if (t >= len[b]) {  // masked row: output 0, keep the state
       std::fill(out + b * H, out + (b + 1) * H, T(0));
-      std::fill(ws + b * 2 * H, ws + b * 2 * H + H, T(0));
-      std::copy(h + b * H, h + (b + 1) * H, ws + b * 2 * H + H);
+      std::fill(ws + b * H, ws + (b + 1) * H, T(0));
     } else if (relu) {
-      rnn_row_fwd<T, true>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * 2 * H);
+      rnn_row_fwd<T, true>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * H);
     } else {
-      rnn_row_fwd<T, false>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * 2 * H);
+      rnn_row_fwd<T, false>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * H);
     }
   }
 }
@@ -278,9 +277,9 @@ HNRNN_INLINE void rnn_step_bwd(int64_t nb, int64_t H, bool relu, int64_t t, cons
       std::copy(dh + b * H, dh + (b + 1) * H, dprev + b * H);
       std::fill(dg + b * H, dg + (b + 1) * H, T(0));
     } else if (relu) {
-      rnn_row_bwd<T, true>(H, dh + b * H, go + b * H, ws + b * 2 * H, dg + b * H, dprev + b * H);
+      rnn_row_bwd<T, true>(H, dh + b * H, go + b * H, ws + b * H, dg + b * H, dprev + b * H);
     } else {
-      rnn_row_bwd<T, false>(H, dh + b * H, go + b * H, ws + b * 2 * H, dg + b * H, dprev + b * H);
+      rnn_row_bwd<T, false>(H, dh + b * H, go + b * H, ws + b * H, dg + b * H, dprev + b * H);
     }
   }
 }
@@ -321,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
-  at::Tensor ws = empty_output({T, B, 2 * H}, h0.options());
+  at::Tensor ws = empty_output({T, B, ws_width(false) * H}, h0.options());
   at::Tensor h = h0.contiguous().clone();
   at::Tensor gh = empty_output({B, H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, H, h0);
@@ -338,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
         rnn_step_fwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, gates_x.data_ptr<scalar_t>() + (t * B + b0) * H,
                                    gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H);
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * H);
       }
     });
   });
@@ -348,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
 std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& grad_h_n, const at::Tensor& ws_, const at::Tensor& w_hh_,
     bool relu, bool reverse, const c10::optional<at::Tensor>& lengths) {
-  check_recurrence_backward_inputs(grad_out_, grad_h_n, ws_, w_hh_, lengths, 1, 2);
+  check_recurrence_backward_inputs(grad_out_, grad_h_n, ws_, w_hh_, lengths, 1, ws_width(false));
   const at::Tensor grad_out = grad_out_.contiguous(), ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
   at::Tensor dg = empty_output({T, B, H}, grad_out.options());
@@ -365,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cpu(
         scalar_t* dgt = dg.data_ptr<scalar_t>() + (t * B + b0) * H;
         rnn_step_bwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, dh_s,
                                    grad_out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 2 * H, dgt, dprev_s);
+                                   ws.data_ptr<scalar_t>() + (t * B + b0) * H, dgt, dprev_s);
         // dh_prev += dG W_hh
         cpu::small_gemm(nb, H, H, dgt, H, 1, w_hh.data_ptr<scalar_t>(), H, dprev_s, H, true);
         std::swap(dh_s, dprev_s);

@@ -65,14 +65,12 @@ __device__ __forceinline__ acc_t fwd_element(bool active, int64_t H, int64_t j, 
   } else {
     if (!active) {
       ws[j] = scalar_t(0);
-      ws[H + j] = scalar_t(hp);
       out[j] = scalar_t(0);
       return hp;
     }
     const acc_t pre = acc_t(gx[j]) + gh[j] + (bias ? acc_t(bias[j]) : acc_t(0));
     const acc_t h = rnn_forward<acc_t>(pre, RELU);
     ws[j] = scalar_t(h);
-    ws[H + j] = scalar_t(hp);
     out[j] = scalar_t(h);
     return h;
   }
@@ -129,7 +127,7 @@ __device__ __forceinline__ acc_t unit_forward(bool active, int64_t H, int64_t j,
                                               const acc_t* gh_v, const scalar_t* bias, acc_t hp, scalar_t* out,
                                               scalar_t* ws) {
   constexpr int G = GRU ? 3 : 1;
-  constexpr int W = GRU ? 5 : 2;
+  constexpr int W = ws_width(GRU);
   scalar_t gx_v[3], b_v[3], ws_v[5], out_v;
 #pragma unroll
   for (int g = 0; g < G; ++g) {
@@ -147,7 +145,7 @@ template <bool GRU, bool RELU, typename acc_t, typename scalar_t>
 __device__ __forceinline__ acc_t unit_backward(bool active, int64_t H, int64_t j, acc_t dh, const scalar_t* go,
                                                const scalar_t* ws, scalar_t* dgx, scalar_t* dgh, acc_t* g3) {
   constexpr int G = GRU ? 3 : 1;
-  constexpr int W = GRU ? 5 : 2;
+  constexpr int W = ws_width(GRU);
   scalar_t ws_v[W], dgx_v[3], dgh_v[3], go_v = go[j];
 #pragma unroll
   for (int k = 0; k < W; ++k) ws_v[k] = ws[k * H + j];
@@ -209,7 +207,7 @@ persistent_fwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
       const int64_t b = i / H, j = i % H, gb = b0 + b;
       const int64_t r = t * B + gb;
       h_s[i] = fwd_element<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_s + b * GH,
-                                                       bias, h_s[i], out + r * H, ws + r * (GRU ? 5 : 2) * H);
+                                                       bias, h_s[i], out + r * H, ws + r * ws_width(GRU) * H);
     }
     __syncthreads();
   }
@@ -247,7 +245,7 @@ persistent_bwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
       const int64_t r = t * B + gb;
       acc_t g3[3];
       dpd_s[i] = bwd_element<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, dh_s[i], go + r * H,
-                                                         ws + r * (GRU ? 5 : 2) * H, dgx + r * GH,
+                                                         ws + r * ws_width(GRU) * H, dgx + r * GH,
                                                          GRU ? dgh + r * GH : dgx + r * GH, g3);
 #pragma unroll
       for (int g = 0; g < G; ++g) dgh_s[b * GH + g * H + j] = g3[g];
@@ -292,7 +290,7 @@ stack_fwd_kernel(int64_t L, int64_t T, int64_t B, int64_t H, const int64_t* __re
                  scalar_t* __restrict__ h_n) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
-  constexpr int W = GRU ? 5 : 2;
+  constexpr int W = ws_width(GRU);
   const int64_t GH = G * H, GHp = GH + 1;
   acc_t* h_s = cuda::dynamic_shared<acc_t>();  // [L][kRows][H] states
   acc_t* gh_s = h_s + L * kRows * H;           // [L][kRows][GH] recurrent gates
@@ -382,7 +380,7 @@ stack_bwd_kernel(int64_t L, int64_t T, int64_t B, int64_t H, const int64_t* __re
                  scalar_t* __restrict__ dh0) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int G = GRU ? 3 : 1;
-  constexpr int W = GRU ? 5 : 2;
+  constexpr int W = ws_width(GRU);
   const int64_t GH = G * H;
   acc_t* dh_s = cuda::dynamic_shared<acc_t>();  // [L][kRows][H] carried gradients
   acc_t* dpd_s = dh_s + L * kRows * H;          // [L][kRows][H] direct part of dh_prev
@@ -468,7 +466,7 @@ __global__ void step_fwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
 #pragma unroll
   for (int g = 0; g < G; ++g) gh_v[g] = acc_t(gh[b * G * H + g * H + j]);
   h[i] = scalar_t(unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), H, j, gx_t + b * G * H, gh_v, bias,
-                                                           acc_t(h[i]), out_t + b * H, ws_t + b * (GRU ? 5 : 2) * H));
+                                                           acc_t(h[i]), out_t + b * H, ws_t + b * ws_width(GRU) * H));
 }
 
 template <bool GRU, bool RELU, typename scalar_t>
@@ -483,7 +481,7 @@ __global__ void step_bwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
   const int64_t b = i / H, j = i % H;
   acc_t g3[3];
   dprev[i] = scalar_t(unit_backward<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), H, j, acc_t(dh[i]),
-                                                                go_t + b * H, ws_t + b * (GRU ? 5 : 2) * H,
+                                                                go_t + b * H, ws_t + b * ws_width(GRU) * H,
                                                                 dgx_t + b * G * H, dgh_t + b * G * H, g3));
 }
 
@@ -582,7 +580,7 @@ grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
         for (int g = 0; g < G; ++g) gh_v[g] = sum_parts(part_s + (b * GS + g * S + jj) * P, P);
         const acc_t h = unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_v, bias,
                                                                  h_s[b * H + j], out + r * H,
-                                                                 ws + r * (GRU ? 5 : 2) * H);
+                                                                 ws + r * ws_width(GRU) * H);
         next[gb * H + j] = h;
         if (s == T - 1) h_n[gb * H + j] = scalar_t(h);
       }
@@ -633,7 +631,7 @@ grid_bwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
         const acc_t dh = s == T - 1 ? acc_t(g_hn[gb * H + j]) : carry[gb * H + j] + recurrent_part(b, jj);
         acc_t g3[3];
         carry[gb * H + j] = unit_backward<GRU, RELU, acc_t, scalar_t>(
-            is_active(len, gb, t), H, j, dh, go + r * H, ws + r * (GRU ? 5 : 2) * H, dgx + r * GH,
+            is_active(len, gb, t), H, j, dh, go + r * H, ws + r * ws_width(GRU) * H, dgx + r * GH,
             GRU ? dgh + r * GH : dgx + r * GH, g3);
 #pragma unroll
         for (int g = 0; g < G; ++g) mine[gb * GH + g * H + j] = g3[g];
@@ -769,7 +767,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
   const auto len = device_lengths(lengths, gates_x);
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
-  at::Tensor ws = empty_output({T, B, (GRU ? 5 : 2) * H}, h0.options());
+  at::Tensor ws = empty_output({T, B, ws_width(GRU) * H}, h0.options());
   at::Tensor h_n = empty_output({B, H}, h0.options());
   if (T == 0 || B == 0) return std::make_tuple(out, h0.clone(), ws);
   const auto stream = cuda::current_stream();
@@ -805,7 +803,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
         cuda::launch(step_fwd_kernel<GRU, RELU, scalar_t>, blocks, kThreads, 0, stream, B, H, t, lp,
                      gates_x.data_ptr<scalar_t>() + t * B * G * H, gh.data_ptr<scalar_t>(), bp,
                      h_n.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + t * B * H,
-                     ws.data_ptr<scalar_t>() + t * B * (GRU ? 5 : 2) * H);
+                     ws.data_ptr<scalar_t>() + t * B * ws_width(GRU) * H);
       }
     }
   });
@@ -817,7 +815,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
                                                              const at::Tensor& ws_, const at::Tensor& w_hh_,
                                                              bool reverse, const c10::optional<at::Tensor>& lengths) {
   constexpr int G = GRU ? 3 : 1;
-  check_recurrence_backward_inputs(grad_out_, grad_h_n_, ws_, w_hh_, lengths, G, GRU ? 5 : 2);
+  check_recurrence_backward_inputs(grad_out_, grad_h_n_, ws_, w_hh_, lengths, G, ws_width(GRU));
   cuda::DeviceGuard guard(grad_out_.device());
   const at::Tensor grad_out = grad_out_.contiguous(), grad_h_n = grad_h_n_.contiguous();
   const at::Tensor ws = ws_.contiguous(), w_hh = w_hh_.contiguous();
@@ -860,7 +858,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
         const int64_t t = reverse ? T - 1 - s : s;
         cuda::launch(step_bwd_kernel<GRU, RELU, scalar_t>, blocks, kThreads, 0, stream, B, H, t, lp,
                      carried.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>() + t * B * H,
-                     ws.data_ptr<scalar_t>() + t * B * (GRU ? 5 : 2) * H, dgx.data_ptr<scalar_t>() + t * B * G * H,
+                     ws.data_ptr<scalar_t>() + t * B * ws_width(GRU) * H, dgx.data_ptr<scalar_t>() + t * B * G * H,
                      dgh.data_ptr<scalar_t>() + t * B * G * H, next.data_ptr<scalar_t>());
         next.addmm_(dgh[t], w_hh);  // dh_prev = direct part + dG_h W_hh
         std::swap(carried, next);

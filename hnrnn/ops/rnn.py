@@ -22,7 +22,8 @@ projection GEMM and the dropout between layers in C++, with one C++ backward; th
 backends run the same steps here in Python (:func:`recurrent_network`).
 
 Workspace `ws` (what backward needs, produced by every compiled/Triton backend alike):
-  GRU (T, B, 5H) = [r, z, n, W_hn h_prev + b_hn, h_prev];   RNN (T, B, 2H) = [h, h_prev].
+  GRU (T, B, 5H) = [r, z, n, W_hn h_prev + b_hn, h_prev];   RNN (T, B, H) = [h].
+The RNN's h_prev for dW_hh is the state of the step before, or h0 (:func:`_rnn_previous_states`).
 `lengths` (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
 t < lengths[b]; masked steps output 0 and carry the state (see hnrnn.reference).
 """
@@ -38,19 +39,36 @@ from hnrnn.ops import _backend
 from hnrnn.ops._backend import extension, resolve
 
 MODES = ("gru", "rnn_tanh", "rnn_relu")
-_WS = {"gru": 5, "rnn": 2}  # workspace width in units of H
+_WS = {"gru": 5, "rnn": 1}  # workspace width in units of H
 
 
 # ---------------------------------------------------------------------------
 # autograd of the Triton ops (the compiled ops have theirs in C++)
 # ---------------------------------------------------------------------------
 
-def _weight_grads(ctx, dgh: Tensor, ws: Tensor, H: int, gates: int):
+def _rnn_previous_states(h: Tensor, h0: Tensor, reverse: bool, lengths: Optional[Tensor]) -> Tensor:
+    """h_prev of every step of an RNN from its states and h0 (as csrc/rnn_dispatch.h): the state of
+    the step before in the direction of the recurrence, h0 at a sequence's first step. Masked steps
+    get finite values (their states are 0) that meet zero gate gradients."""
+    if not reverse:
+        return torch.cat([h0[None], h[:-1]])
+    prev = torch.cat([h[1:], h0[None]])
+    if lengths is None:
+        return prev
+    is_first = torch.arange(h.shape[0], device=h.device)[:, None] == (lengths.to(h.device) - 1)[None, :]
+    return torch.where(is_first[:, :, None], h0[None], prev)
+
+
+def _weight_grads(ctx, dgh: Tensor, ws: Tensor, h0: Tensor, lengths: Optional[Tensor], gates: int):
     """dW_hh = sum_t dG_h[t]^T h_prev[t] and db_hh = sum_t dG_h[t]: one GEMM, one reduction."""
     needs = getattr(ctx, "needs_input_grad", (True,) * 4)
+    H = h0.shape[1]
     rows = dgh.shape[0] * dgh.shape[1]  # T*B, spelled out: -1 is ambiguous when H = 0
     dgh2 = dgh.reshape(rows, gates * H)
-    dw = dgh2.t() @ ws[..., (_WS["gru" if gates == 3 else "rnn"] - 1) * H:].reshape(rows, H) if needs[2] else None
+    dw = None
+    if needs[2]:
+        h_prev = ws[..., 4 * H:] if gates == 3 else _rnn_previous_states(ws, h0, ctx.reverse, lengths)
+        dw = dgh2.t() @ h_prev.reshape(rows, H) if rows else dgh2.new_zeros(gates * H, H)
     db = dgh2.sum(0) if ctx.has_bias and needs[3] else None
     return dw, db
 
@@ -65,9 +83,9 @@ def _grads_or_zeros(grad_out: Optional[Tensor], grad_h_n: Optional[Tensor], ws: 
 
 
 def _gru_setup_context(ctx, inputs, output):
-    _gates_x, _h0, w_hh, b_hh, reverse, lengths = inputs
+    _gates_x, h0, w_hh, b_hh, reverse, lengths = inputs
     ws = output[2]
-    ctx.save_for_backward(ws, w_hh, lengths)
+    ctx.save_for_backward(ws, w_hh, lengths, h0)
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
@@ -75,34 +93,32 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _rnn_setup_context(ctx, inputs, output):
-    _gates_x, _h0, w_hh, b_hh, relu, reverse, lengths = inputs
+    _gates_x, h0, w_hh, b_hh, relu, reverse, lengths = inputs
     ws = output[2]
-    ctx.save_for_backward(ws, w_hh, lengths)
+    ctx.save_for_backward(ws, w_hh, lengths, h0)
     ctx.relu = relu
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
-    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, 2H) workspace
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the (T, B, H) workspace
 
 
 def _gru_backward_with(bwd_op):
     def backward(ctx, grad_out, grad_h_n, _grad_ws):
-        ws, w_hh, lengths = ctx.saved_tensors
-        H = w_hh.shape[1]
-        grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, H)
+        ws, w_hh, lengths, h0 = ctx.saved_tensors
+        grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, w_hh.shape[1])
         dgx, dgh, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.reverse, lengths)
-        dw, db = _weight_grads(ctx, dgh, ws, H, 3)
+        dw, db = _weight_grads(ctx, dgh, ws, h0, lengths, 3)
         return dgx, dh0, dw, db, None, None
     return backward
 
 
 def _rnn_backward_with(bwd_op):
     def backward(ctx, grad_out, grad_h_n, _grad_ws):
-        ws, w_hh, lengths = ctx.saved_tensors
-        H = w_hh.shape[1]
-        grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, H)
+        ws, w_hh, lengths, h0 = ctx.saved_tensors
+        grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, w_hh.shape[1])
         dg, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.relu, ctx.reverse, lengths)
-        dw, db = _weight_grads(ctx, dg, ws, H, 1)
+        dw, db = _weight_grads(ctx, dg, ws, h0, lengths, 1)
         return dg, dh0, dw, db, None, None, None
     return backward
 
@@ -155,7 +171,7 @@ def _register_compiled():
         return input.new_empty((T, B, dirs * H)), hx.new_empty(hx.shape), ws + layer_inputs + noise
 
     @torch.library.register_fake("hnrnn::rnn_network_backward")
-    def _(grad_output, grad_h_n, input, weights, saved, mode, num_layers, bidirectional, lengths, input_grad):
+    def _(grad_output, grad_h_n, input, hx, weights, saved, mode, num_layers, bidirectional, lengths, input_grad):
         return input.new_empty(input.shape), grad_h_n.new_empty(grad_h_n.shape), [w.new_empty(w.shape) for w in weights]
 
     return True
