@@ -126,13 +126,13 @@ def module_trio(case, backend):
 # ------------------------------------------------------------------------- zoo models
 
 
-def zoo_model_pair(case, backend):
-    """(the seed's eager model, the same weights on `backend`), both in the case's dtype."""
+def zoo_model_pair(case, backend, device="cpu"):
+    """(the seed's eager model, the same weights on `backend`), both in the case's dtype on `device`."""
     torch.manual_seed(case["seed"])
     eager = MODELS[case["name"]](vocab_size=case["vocab"], hidden_size=case["hidden"], backend="eager")
     ours = MODELS[case["name"]](vocab_size=case["vocab"], hidden_size=case["hidden"], backend=backend)
     ours.load_state_dict(eager.state_dict())
-    return eager.to(case["dtype"]), ours.to(case["dtype"])
+    return eager.to(device, case["dtype"]), ours.to(device, case["dtype"])
 
 
 def run_zoo_model(model, case):
@@ -142,13 +142,13 @@ def run_zoo_model(model, case):
     model.train(case["training"])
     if model.stateful:
         model.reset()
-    dtype = next(model.parameters()).dtype
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     res = []
     for _ in range(2):
-        x = torch.randint(0, case["vocab"], (case["B"], case["T"]), generator=g)
+        x = torch.randint(0, case["vocab"], (case["B"], case["T"]), generator=g).to(device)
         model.zero_grad()
         out = model(x)
-        proj = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype)
+        proj = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device, dtype)
         (out * proj).sum().backward()
         res += [out.detach()] + [grad_or_zeros(p) for p in model.parameters()]
         res += [b.clone() for b in model.buffers()]

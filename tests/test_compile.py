@@ -30,7 +30,7 @@ def _grads(module, args):
     outs = module(*leaves)
     outs = outs if isinstance(outs, tuple) else (outs,)
     gen = torch.Generator().manual_seed(len(outs))
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum() for o in outs)
     wrt = [t for t in leaves if t.requires_grad] + list(module.parameters())
     return [o.detach() for o in outs], torch.autograd.grad(loss, wrt)
 
@@ -66,12 +66,12 @@ def check_compiled_matches_eager(module, make_args, compile_backend="aot_eager",
 # The zoo
 # ---------------------------------------------------------------------------------------------
 
-def check_zoo_model(name, backend, compile_backend="aot_eager"):
+def check_zoo_model(name, backend, compile_backend="aot_eager", device="cpu"):
     torch.manual_seed(0)
-    model = MODELS[name](hidden_size=8, backend=backend)
+    model = MODELS[name](hidden_size=8, backend=backend).to(device)
     # The seed's Model4/5 use torch.nn.RNN / GRU, which Dynamo traces only with allow_rnn=True
     # (it refuses them otherwise); hnrnn's modules need no flag.
-    check_compiled_matches_eager(model, lambda: (torch.randint(0, 39, (4, 3)),), compile_backend,
+    check_compiled_matches_eager(model, lambda: (torch.randint(0, 39, (4, 3), device=device),), compile_backend,
                                  allow_rnn=backend == "eager")
 
 
