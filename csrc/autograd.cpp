@@ -80,7 +80,8 @@ struct RecurrenceFunction : public torch::autograd::Function<RecurrenceFunction>
                                const c10::optional<Tensor>& lengths) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, ws] = call_recurrence(mode, gates_x, h0, w_hh, b_hh, reverse, lengths);
-    ctx->save_for_backward({ws, w_hh, h_n, lengths.value_or(Tensor()), h0});
+    // h0: the RNN's h_prev at each sequence's first step (the GRU's workspace holds its h_prev)
+    ctx->save_for_backward({ws, w_hh, h_n, lengths.value_or(Tensor()), mode == kGru ? Tensor() : h0});
     ctx->saved_data["mode"] = mode;
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["has_bias"] = b_hh.has_value();

@@ -76,12 +76,13 @@ inline at::Tensor rnn_previous_states(const at::Tensor& h, const at::Tensor& h0,
 }
 
 // dW_hh = sum_t dG_h[t]^T h_prev[t] (one GEMM over all steps) and db_hh = sum_t dG_h[t].
+// h_prev: the GRU's from its workspace; the RNN's from its states and h0 (read for the RNN only).
 inline std::tuple<at::Tensor, at::Tensor> recurrent_weight_grads(int64_t mode, const at::Tensor& dgh,
                                                                  const at::Tensor& ws, const at::Tensor& h0,
                                                                  bool reverse,
                                                                  const c10::optional<at::Tensor>& lengths) {
   const auto rows = ws.sym_size(0) * ws.sym_size(1);
-  const auto H = h0.sym_size(1);
+  const auto H = dgh.sym_size(2) / gates_of(mode);
   const at::Tensor dgh2 = dgh.reshape_symint({rows, gates_of(mode) * H});
   if (rows == 0) return {at::zeros_symint({gates_of(mode) * H, H}, dgh.options()), dgh2.sum(0)};  // T = 0 or B = 0
   const at::Tensor h_prev = mode == kGru ? ws.narrow_symint(2, (ws_width_of(mode) - 1) * H, H)

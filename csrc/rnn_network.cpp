@@ -137,6 +137,12 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_backward(
   const bool bias = has_bias(weights, LD);
   TORCH_CHECK(saved.size() == static_cast<size_t>(LD + 2 * (num_layers - 1)),
               "rnn_network_backward: expected ", LD + 2 * (num_layers - 1), " saved tensors, got ", saved.size());
+  // hx gives the RNN's h_prev at each sequence's first step (recurrent_weight_grads)
+  TORCH_CHECK_VALUE(hx.sizes() == grad_h_n.sizes() && hx.scalar_type() == grad_h_n.scalar_type() &&
+                        hx.device() == grad_h_n.device(),
+                    "rnn_network_backward: hx must be the forward's initial state, ", grad_h_n.sizes(), " ",
+                    grad_h_n.scalar_type(), " on ", grad_h_n.device(), " as grad_h_n, got ", hx.sizes(), " ",
+                    hx.scalar_type(), " on ", hx.device());
   const int64_t T = input.size(0), B = input.size(1), H = grad_h_n.size(2), G = gates_of(mode);
   const int64_t n = bias ? 4 : 2;  // weights per layer and direction
   std::vector<Tensor> grad_weights(weights.size());

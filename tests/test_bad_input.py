@@ -305,6 +305,17 @@ def direct_rec_backward(ws_width=5, lengths=None):
         randn(T, B, H), randn(B, H), randn(T, B, ws_width * H), a["w_hh"], False, lengths)
 
 
+def direct_network_backward(hx_layers=1):
+    """rnn_network_backward of a 1-layer RNN (B = 3, H = 5) given an hx of `hx_layers` layers."""
+    def call():
+        T, B, I, H = 4, 3, 2, 5
+        x, hx, weights = randn(T, B, I), randn(1, B, H), [randn(H, I), randn(H, H)]
+        _, h_n, saved = torch.ops.hnrnn.rnn_network(x, hx, weights, 1, 1, False, 0.0, False, None)
+        return torch.ops.hnrnn.rnn_network_backward.default(
+            randn(T, B, H), randn(*h_n.shape), x, randn(hx_layers, B, H), weights, saved, 1, 1, False, None, True)
+    return call
+
+
 def direct_zoo(**changes):
     def call():
         ids, floats = make_inputs(3, 2, 5)
@@ -327,6 +338,8 @@ DIRECT_ROWS = [
      r"gru_recurrence_backward: the workspace must be \(4, 3, 25\)"),
     ("backward lengths of another batch", direct_rec_backward(lengths=torch.tensor([1])), ValueError,
      r"lengths must be \(3,\)"),
+    ("network backward hx of another shape", direct_network_backward(hx_layers=2), ValueError,
+     r"rnn_network_backward: hx must be the forward's initial state, \[1, 3, 5\] Double"),
     ("zoo weight not square", direct_zoo(weight=lambda a: a["weight"][:, :-1]), ValueError,
      r"zoo_cell: weight must be \(5, 5\)"),
     ("zoo running_var of another dtype", direct_zoo(rv=lambda a: a["rv"].float()), TypeError,

@@ -59,10 +59,11 @@ def _rnn_previous_states(h: Tensor, h0: Tensor, reverse: bool, lengths: Optional
     return torch.where(is_first[:, :, None], h0[None], prev)
 
 
-def _weight_grads(ctx, dgh: Tensor, ws: Tensor, h0: Tensor, lengths: Optional[Tensor], gates: int):
-    """dW_hh = sum_t dG_h[t]^T h_prev[t] and db_hh = sum_t dG_h[t]: one GEMM, one reduction."""
+def _weight_grads(ctx, dgh: Tensor, ws: Tensor, h0: Optional[Tensor], lengths: Optional[Tensor], gates: int):
+    """dW_hh = sum_t dG_h[t]^T h_prev[t] and db_hh = sum_t dG_h[t]: one GEMM, one reduction.
+    h0: the RNN's (its h_prev at each sequence's first step); None for the GRU (ws holds h_prev)."""
     needs = getattr(ctx, "needs_input_grad", (True,) * 4)
-    H = h0.shape[1]
+    H = dgh.shape[2] // gates
     rows = dgh.shape[0] * dgh.shape[1]  # T*B, spelled out: -1 is ambiguous when H = 0
     dgh2 = dgh.reshape(rows, gates * H)
     dw = None
@@ -83,9 +84,9 @@ def _grads_or_zeros(grad_out: Optional[Tensor], grad_h_n: Optional[Tensor], ws: 
 
 
 def _gru_setup_context(ctx, inputs, output):
-    _gates_x, h0, w_hh, b_hh, reverse, lengths = inputs
+    _gates_x, _h0, w_hh, b_hh, reverse, lengths = inputs
     ws = output[2]
-    ctx.save_for_backward(ws, w_hh, lengths, h0)
+    ctx.save_for_backward(ws, w_hh, lengths)
     ctx.reverse = reverse
     ctx.has_bias = b_hh is not None
     ctx.mark_non_differentiable(ws)
@@ -105,10 +106,10 @@ def _rnn_setup_context(ctx, inputs, output):
 
 def _gru_backward_with(bwd_op):
     def backward(ctx, grad_out, grad_h_n, _grad_ws):
-        ws, w_hh, lengths, h0 = ctx.saved_tensors
+        ws, w_hh, lengths = ctx.saved_tensors
         grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, w_hh.shape[1])
         dgx, dgh, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.reverse, lengths)
-        dw, db = _weight_grads(ctx, dgh, ws, h0, lengths, 3)
+        dw, db = _weight_grads(ctx, dgh, ws, None, lengths, 3)
         return dgx, dh0, dw, db, None, None
     return backward
 
