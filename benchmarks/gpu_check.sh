@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a CUDA machine with torch + triton preinstalled and no package index:
 # builds hnrnn._C, runs the GPU test tier, the benchmark suites and the zoo on every backend.
-# Leaves log-<stage>.txt and result JSON in OUT_DIR, ready to copy into
+# Leaves one log (log.txt, every stage in turn) and the result JSON in OUT_DIR (six files in
+# all: a device session brings back at most eight), ready to copy into
 # benchmarks/results/<device>/ and commit (then run `hnrnn report`).
 #
 #   usage: bash benchmarks/gpu_check.sh OUT_DIR [STAGE ...]
@@ -35,10 +36,14 @@ stage_build() {
 
 stage_test() {
   # parallel test processes where pytest-xdist is installed: Triton's JIT and torch.compile
-  # dominate this tier's time, and they run on the CPU
-  local parallel=()
-  python -c "import xdist" 2>/dev/null && parallel=(-n 8)
-  timeout 170 python -m pytest -m gpu tests -q -p no:cacheprovider -o addopts= "${parallel[@]}" --durations=10
+  # dominate this tier's time, and they run on the CPU. Where pytest-timeout is installed, a
+  # test that hangs (a kernel that never returns: a grid barrier some block never reaches)
+  # ends its own process after 100 s, and the others go on. -v names every test as it ends,
+  # so a stage stopped by its limit still tells which ran.
+  local extra=()
+  python -c "import xdist" 2>/dev/null && extra+=(-n 8)
+  python -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout=100 --timeout-method=thread)
+  timeout 170 python -m pytest -m gpu tests -v -p no:cacheprovider -o addopts= "${extra[@]}" --durations=10
 }
 
 stage_bench() {
@@ -83,10 +88,13 @@ for stage in $STAGES; do
     build|test|bench|zoo|sanitize) ;;
     *) echo "unknown stage '$stage' (build, test, bench, zoo, sanitize)"; exit 2 ;;
   esac
-  say "$stage" | tee "$OUT/log-$stage.txt"
-  "stage_$stage" 2>&1 | tee -a "$OUT/log-$stage.txt"
+  say "$stage" | tee -a "$OUT/log.txt"
+  "stage_$stage" 2>&1 | tee -a "$OUT/log.txt"
   rc=${PIPESTATUS[0]}
-  echo "stage $stage exit code: $rc" | tee -a "$OUT/log-$stage.txt"
+  echo "stage $stage exit code: $rc" | tee -a "$OUT/log.txt"
   [ "$stage" = build ] && [ "$rc" -ne 0 ] && exit 1
 done
+files=$(find "$OUT" -type f | wc -l)
+echo "$files files in $OUT" | tee -a "$OUT/log.txt"
+[ "$files" -le 8 ] || echo "warning: over 8 files; a device session brings back only 8" | tee -a "$OUT/log.txt"
 exit 0

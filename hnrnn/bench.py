@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from hnrnn.cli import write_json
 from hnrnn.ops import BACKENDS
 from hnrnn.report import RESULTS, ROOT
 
@@ -129,7 +130,5 @@ def run_suite(suite: str, pytest_args=(), out_dir: Optional[str] = None,
         with open(raw_path) as f:
             raw = json.load(f)
     path = os.path.join(out_dir, f"{suite}.json")
-    with open(path + ".tmp", "w") as f:  # renamed into place: never half a results file
-        json.dump(summarize(raw, suite), f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(summarize(raw, suite), path, indent=1)
     return path

@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from hnrnn.cli import main, seconds_to_reach
 from hnrnn.learner import EpochRecord, History
 
@@ -58,6 +60,26 @@ def test_zoo_table_and_json(tmp_path, capsys):
     result = json.loads(out_json.read_text())
     assert result["rows"][0]["model"] == "Model0" and result["rows"][0]["backend"] == "eager"
     assert {"device", "torch", "commit"} <= set(result["environment"])
+
+
+def test_zoo_json_keeps_the_models_finished_before_a_stop(tmp_path, monkeypatch):
+    """The JSON is rewritten after every model: a zoo run cut short (gpu_check.sh's time box)
+    keeps the rows it finished."""
+    import hnrnn.cli as cli
+
+    def fake_train(name, data, **kw):
+        if name == "Model1":
+            raise RuntimeError("stopped")
+        return History("accuracy", [EpochRecord(0, 1.0, 1.0, 0.5, 0.25)]), 0.25
+
+    monkeypatch.setattr(cli, "train_model", fake_train)
+    out_json = tmp_path / "zoo.json"
+    with pytest.raises(RuntimeError, match="stopped"):
+        main(["zoo", "--backend", "eager", "--seeds", "1", "--models", "Model0", "Model1", "Model2",
+              "--device", "cpu", "--json", str(out_json)])
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["model"] for r in rows] == ["Model0"] and rows[0]["accuracy"] == 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["zoo.json"]  # no temporary file left
 
 
 def test_console_script_and_module_entry_point():
