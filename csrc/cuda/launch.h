@@ -13,6 +13,8 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <utility>
 
@@ -50,11 +52,21 @@ inline int64_t max_dynamic_smem(int device) {
 
 inline int64_t sm_count(int device) { return device_attribute<cudaDevAttrMultiProcessorCount>(device); }
 
-// More than the default 48 KiB of dynamic shared memory must be opted in to, per kernel.
+// More than the default 48 KiB of dynamic shared memory must be opted in to, per kernel and
+// device. Each kernel's opt-in is raised only when a launch needs more than it already has: a
+// driver call on every launch is host time the small recurrences cannot spare.
 template <typename... Params>
 void allow_dynamic_smem(void (*kernel)(Params...), size_t smem) {
-  if (smem > 48 * 1024) {
+  if (smem <= 48 * 1024) return;
+  static std::mutex mutex;
+  static std::map<std::pair<const void*, int>, size_t> allowed;  // (kernel, device) -> bytes
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  size_t& bytes = allowed[{reinterpret_cast<const void*>(kernel), device}];
+  if (smem > bytes) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    bytes = smem;
   }
 }
 
@@ -68,13 +80,25 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Strea
 
 // The most blocks of `kernel` (`threads` threads, `smem` bytes each) the device runs at once: the
 // largest grid a cooperative launch of it may have (0 where cooperative launches are unsupported).
+// Asked of the runtime once per (kernel, threads, smem, device).
 template <typename... Params>
 int64_t co_resident_blocks(void (*kernel)(Params...), int threads, size_t smem, int device) {
   if (device_attribute<cudaDevAttrCooperativeLaunch>(device) == 0) return 0;
+  static std::mutex mutex;
+  static std::map<std::tuple<const void*, int, size_t, int>, int64_t> blocks;
+  const std::tuple<const void*, int, size_t, int> key{reinterpret_cast<const void*>(kernel), threads, smem, device};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = blocks.find(key);
+    if (it != blocks.end()) return it->second;
+  }
   allow_dynamic_smem(kernel, smem);
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  return static_cast<int64_t>(per_sm) * sm_count(device);
+  const int64_t n = static_cast<int64_t>(per_sm) * sm_count(device);
+  std::lock_guard<std::mutex> lock(mutex);
+  blocks[key] = n;
+  return n;
 }
 
 // A cooperative launch: every block runs at once, so they may meet at grid_sync(). The grid must
