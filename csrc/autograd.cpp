@@ -21,6 +21,17 @@ Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad.contiguous() : at::zeros_like(like, at::MemoryFormat::Contiguous);
 }
 
+// Whether autograd will record `inputs` (grad mode on and one of them requires grad): a call
+// asked not to save what backward needs (save = false) must not be recorded.
+void check_save(const char* op, bool save, at::ArrayRef<Tensor> inputs) {
+  if (save || !at::GradMode::is_enabled()) return;
+  for (const Tensor& t : inputs) {
+    TORCH_CHECK_VALUE(!(t.defined() && t.requires_grad()), op,
+                      ": save=False, but autograd records this call (grad mode is on and an input requires "
+                      "grad), and its backward needs what is saved; pass save=True or run under torch.no_grad()");
+  }
+}
+
 // ------------------------------------------------------------------ zoo cell
 using ZooForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -77,9 +88,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
 struct RecurrenceFunction : public torch::autograd::Function<RecurrenceFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& gates_x, const Tensor& h0, const Tensor& w_hh,
                                const c10::optional<Tensor>& b_hh, int64_t mode, bool reverse,
-                               const c10::optional<Tensor>& lengths) {
+                               const c10::optional<Tensor>& lengths, bool save) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, h_n, ws] = call_recurrence(mode, gates_x, h0, w_hh, b_hh, reverse, lengths);
+    auto [out, h_n, ws] = call_recurrence(mode, gates_x, h0, w_hh, b_hh, reverse, lengths, save);
     // h0: the RNN's h_prev at each sequence's first step (the GRU's workspace holds its h_prev)
     ctx->save_for_backward({ws, w_hh, h_n, lengths.value_or(Tensor()), mode == kGru ? Tensor() : h0});
     ctx->saved_data["mode"] = mode;
@@ -101,29 +112,39 @@ struct RecurrenceFunction : public torch::autograd::Function<RecurrenceFunction>
     auto [dgx, dgh, dh0] = call_recurrence_backward(mode, grad_out, grad_or_zeros(grads[1], h_n), ws, w_hh,
                                                     ctx->saved_data["reverse"].toBool(), lengths);
     auto [dw, db] = recurrent_weight_grads(mode, dgh, ws, s[4], ctx->saved_data["reverse"].toBool(), lengths);
-    return {dgx, dh0, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(), Tensor(), Tensor()};
+    return {dgx, dh0, dw, ctx->saved_data["has_bias"].toBool() ? db : Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
+std::tuple<Tensor, Tensor, Tensor> recurrence_autograd(const char* op, int64_t mode, const Tensor& gates_x,
+                                                       const Tensor& h0, const Tensor& w_hh,
+                                                       const c10::optional<Tensor>& b_hh, bool reverse,
+                                                       const c10::optional<Tensor>& lengths, bool save) {
+  check_save(op, save, {gates_x, h0, w_hh, b_hh.value_or(Tensor())});
+  auto r = RecurrenceFunction::apply(gates_x, h0, w_hh, b_hh, mode, reverse, lengths, save);
+  return {r[0], r[1], r[2]};
+}
+
 std::tuple<Tensor, Tensor, Tensor> gru_recurrence_autograd(const Tensor& gates_x, const Tensor& h0,
                                                            const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
-                                                           bool reverse, const c10::optional<Tensor>& lengths) {
-  auto r = RecurrenceFunction::apply(gates_x, h0, w_hh, b_hh, static_cast<int64_t>(kGru), reverse, lengths);
-  return {r[0], r[1], r[2]};
+                                                           bool reverse, const c10::optional<Tensor>& lengths,
+                                                           bool save) {
+  return recurrence_autograd("gru_recurrence", kGru, gates_x, h0, w_hh, b_hh, reverse, lengths, save);
 }
 
 std::tuple<Tensor, Tensor, Tensor> rnn_recurrence_autograd(const Tensor& gates_x, const Tensor& h0,
                                                            const Tensor& w_hh, const c10::optional<Tensor>& b_hh,
                                                            bool relu, bool reverse,
-                                                           const c10::optional<Tensor>& lengths) {
-  const int64_t mode = relu ? kRnnRelu : kRnnTanh;
-  auto r = RecurrenceFunction::apply(gates_x, h0, w_hh, b_hh, mode, reverse, lengths);
-  return {r[0], r[1], r[2]};
+                                                           const c10::optional<Tensor>& lengths, bool save) {
+  return recurrence_autograd("rnn_recurrence", relu ? kRnnRelu : kRnnTanh, gates_x, h0, w_hh, b_hh, reverse,
+                             lengths, save);
 }
 
 // ------------------------------------------------------------------ stacked network
 using NetworkForward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
-    const Tensor&, const Tensor&, at::TensorList, int64_t, int64_t, bool, double, bool, const c10::optional<Tensor>&);
+    const Tensor&, const Tensor&, at::TensorList, int64_t, int64_t, bool, double, bool, const c10::optional<Tensor>&,
+    bool);
 using NetworkBackward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, at::TensorList, at::TensorList, int64_t, int64_t, bool,
     const c10::optional<Tensor>&, bool);
@@ -131,11 +152,11 @@ using NetworkBackward = std::tuple<Tensor, Tensor, std::vector<Tensor>>(
 struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& hx, at::TensorList weights,
                                int64_t mode, int64_t num_layers, bool bidirectional, double dropout, bool train,
-                               const c10::optional<Tensor>& lengths) {
+                               const c10::optional<Tensor>& lengths, bool save) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("hnrnn::rnn_network", "").typed<NetworkForward>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [output, h_n, saved] =
-        op.call(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths);
+        op.call(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths, save);
     variable_list to_save{input, h_n, lengths.value_or(Tensor()), hx};
     to_save.insert(to_save.end(), weights.begin(), weights.end());
     to_save.insert(to_save.end(), saved.begin(), saved.end());
@@ -172,10 +193,10 @@ struct NetworkFunction : public torch::autograd::Function<NetworkFunction> {
         op.call(grad_output, grad_or_zeros(grads[1], h_n), input, hx, weights, saved, ctx->saved_data["mode"].toInt(),
                 num_layers, ctx->saved_data["bidirectional"].toBool(), lengths,
                 ctx->needs_input_grad(0));
-    // one gradient per forward argument: input, hx, each weight, then the 6 non-differentiable ones
+    // one gradient per forward argument: input, hx, each weight, then the 7 non-differentiable ones
     variable_list result{d_input, d_hx};
     result.insert(result.end(), d_weights.begin(), d_weights.end());
-    result.resize(result.size() + 6);
+    result.resize(result.size() + 7);
     return result;
   }
 };
@@ -184,8 +205,10 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network_autograd(const Tenso
                                                                      at::TensorList weights, int64_t mode,
                                                                      int64_t num_layers, bool bidirectional,
                                                                      double dropout, bool train,
-                                                                     const c10::optional<Tensor>& lengths) {
-  auto r = NetworkFunction::apply(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths);
+                                                                     const c10::optional<Tensor>& lengths, bool save) {
+  check_save("rnn_network", save, {input, hx});
+  check_save("rnn_network", save, weights);
+  auto r = NetworkFunction::apply(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths, save);
   return {r[0], r[1], std::vector<Tensor>(r.begin() + 2, r.end())};
 }
 

@@ -57,14 +57,15 @@ TORCH_LIBRARY(hnrnn, m) {
   // h0: (B, H); w_hh: (G*H, H); lengths: optional int64 (B,) for packed sequences.
   // Returns out (T, B, H), h_n (B, H) and the workspace backward needs
   // (GRU: (T, B, 5H) = [r, z, n, W_hn h + b_hn, h_prev]; RNN: (T, B, H) = [h], whose h_prev is the
-  // state of the step before, or h0: rnn_dispatch.h).
+  // state of the step before, or h0: rnn_dispatch.h). save = false (a forward no backward
+  // follows: no_grad, inference) writes no workspace and returns an empty one, (0,).
   m.def("gru_recurrence(Tensor gates_x, Tensor h0, Tensor w_hh, Tensor? b_hh, bool reverse, "
-        "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+        "Tensor? lengths, bool save=True) -> (Tensor, Tensor, Tensor)");
   // Returns the gradients of the input gates and of the recurrent gates (T, B, 3H), and of h0.
   m.def("gru_recurrence_backward(Tensor grad_out, Tensor grad_h_n, Tensor ws, Tensor w_hh, "
         "bool reverse, Tensor? lengths) -> (Tensor, Tensor, Tensor)");
   m.def("rnn_recurrence(Tensor gates_x, Tensor h0, Tensor w_hh, Tensor? b_hh, bool relu, bool reverse, "
-        "Tensor? lengths) -> (Tensor, Tensor, Tensor)");
+        "Tensor? lengths, bool save=True) -> (Tensor, Tensor, Tensor)");
   // Returns the gradient of the pre-activation gates (T, B, H) (input and recurrent alike) and of h0.
   m.def("rnn_recurrence_backward(Tensor grad_out, Tensor grad_h_n, Tensor ws, Tensor w_hh, bool relu, "
         "bool reverse, Tensor? lengths) -> (Tensor, Tensor)");
@@ -72,9 +73,10 @@ TORCH_LIBRARY(hnrnn, m) {
   // --- stacked / bidirectional GRU and RNN (csrc/rnn_network.cpp; what hnrnn.nn runs) ---
   // input (T, B, I) time-major; hx (num_layers * D, B, H); weights: per layer and direction
   // [w_ih, w_hh] or [w_ih, w_hh, b_ih, b_hh] as torch.nn orders them; mode 0 gru, 1 rnn_tanh,
-  // 2 rnn_relu. Returns output (T, B, D*H), h_n, and what backward needs. Draws the dropout noise.
+  // 2 rnn_relu. Returns output (T, B, D*H), h_n, and what backward needs (none, an empty list,
+  // when save = false). Draws the dropout noise.
   m.def("rnn_network(Tensor input, Tensor hx, Tensor[] weights, int mode, int num_layers, "
-        "bool bidirectional, float dropout, bool train, Tensor? lengths) -> "
+        "bool bidirectional, float dropout, bool train, Tensor? lengths, bool save=True) -> "
         "(Tensor output, Tensor h_n, Tensor[] saved)", {at::Tag::nondeterministic_seeded});
   // Gradients of input (zeros unless input_grad), hx and every weight (in the order of weights).
   m.def("rnn_network_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor hx, Tensor[] weights, "

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include <tuple>
+#include <vector>
 
 namespace hnrnn {
 
@@ -16,24 +17,30 @@ inline int64_t gates_of(int64_t mode) { return mode == kGru ? 3 : 1; }
 constexpr int64_t ws_width(bool gru) { return gru ? 5 : 1; }
 inline int64_t ws_width_of(int64_t mode) { return ws_width(mode == kGru); }
 
+// save = false: no workspace (an empty one comes back), for a forward no backward follows.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> call_recurrence(
     int64_t mode, const at::Tensor& gates_x, const at::Tensor& h0, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths, bool save) {
   using at::Tensor;
   if (mode == kGru) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("hnrnn::gru_recurrence", "")
                          .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                                    const c10::optional<Tensor>&, bool,
-                                                                   const c10::optional<Tensor>&)>();
-    return op.call(gates_x, h0, w_hh, b_hh, reverse, lengths);
+                                                                   const c10::optional<Tensor>&, bool)>();
+    return op.call(gates_x, h0, w_hh, b_hh, reverse, lengths, save);
   }
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("hnrnn::rnn_recurrence", "")
                        .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                                  const c10::optional<Tensor>&, bool, bool,
-                                                                 const c10::optional<Tensor>&)>();
-  return op.call(gates_x, h0, w_hh, b_hh, mode == kRnnRelu, reverse, lengths);
+                                                                 const c10::optional<Tensor>&, bool)>();
+  return op.call(gates_x, h0, w_hh, b_hh, mode == kRnnRelu, reverse, lengths, save);
+}
+
+// The shape of a recurrence's workspace: (T, B, ws_width * H) when saved, else (0,).
+inline std::vector<int64_t> workspace_shape(bool gru, int64_t T, int64_t B, int64_t H, bool save) {
+  return save ? std::vector<int64_t>{T, B, ws_width(gru) * H} : std::vector<int64_t>{0};
 }
 
 // (gradient of the input gates, of the recurrent gates, of h0); for the RNN the two gate
@@ -94,12 +101,12 @@ inline std::tuple<at::Tensor, at::Tensor> recurrent_weight_grads(int64_t mode, c
 // csrc/cuda/rnn.cu: every layer of a unidirectional stack in one launch (the wavefront), when one
 // block's shared memory holds all their weights. weights: torch.nn's order, 2 or 4 per layer
 // (layer 0's W_ih and b_ih unused: gates_x0 is its input projection). Returns each layer's
-// output (T, B, H), h_n (L, B, H) and each layer's workspace (T, B, ws_width * H), as one
-// recurrence op per layer would.
+// output (T, B, H), h_n (L, B, H) and each layer's workspace (T, B, ws_width * H; empty, (0,),
+// when not `save`), as one recurrence op per layer would.
 bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::ScalarType dtype, int device);
 std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_recurrence_cuda(
     int64_t mode, const at::Tensor& gates_x0, const at::Tensor& hx, at::TensorList weights,
-    const c10::optional<at::Tensor>& lengths);
+    const c10::optional<at::Tensor>& lengths, bool save);
 // Its backward, the sequential part: grad_out of the top layer (T, B, H), grad_h_n (L, B, H),
 // each layer's workspace. Returns each layer's input and recurrent gate gradients (T, B, G * H;
 // for the RNN the same tensor) and dh0 (L, B, H); the weight gradients are GEMMs after it.

@@ -19,7 +19,9 @@
 // `saved` (what backward needs besides input, hx and the weights; an op output so that fake
 // tensors and torch.compile see it):
 //   [ws of each layer and direction (L*D), input of layers 1..L-1 after dropout (L-1),
-//    dropout noise of layers 1..L-1 (L-1; empty tensors where no dropout ran)].
+//    dropout noise of layers 1..L-1 (L-1; empty tensors where no dropout ran)];
+// with save = false (a forward no backward follows) nothing: the recurrences write no
+// workspace and the list is empty.
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -85,7 +87,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
                                                             at::TensorList weights, int64_t mode,
                                                             int64_t num_layers, bool bidirectional,
                                                             double dropout, bool train,
-                                                            const c10::optional<Tensor>& lengths) {
+                                                            const c10::optional<Tensor>& lengths, bool save) {
   check_network(input, hx, weights, mode, num_layers, bidirectional);
   const int64_t D = bidirectional ? 2 : 1;
   const bool bias = has_bias(weights, num_layers * D);
@@ -94,7 +96,9 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
   if (on_stack_device(input) && D == 1 && num_layers > 1 && !(train && dropout > 0) &&
       stack_recurrence_fits(mode, num_layers, hx.size(2), input.scalar_type(), input.get_device())) {
     const LayerWeights w0 = layer_weights(weights, 0, bias);
-    auto [outs, h_n, saved] = stack_recurrence_cuda(mode, at::linear(input, w0.w_ih, w0.b_ih), hx, weights, lengths);
+    auto [outs, h_n, saved] =
+        stack_recurrence_cuda(mode, at::linear(input, w0.w_ih, w0.b_ih), hx, weights, lengths, save);
+    if (!save) return {outs[num_layers - 1], h_n, {}};
     // `saved` as the loop below leaves it: workspaces, the inputs of layers 1.., dropout noises
     for (int64_t l = 0; l + 1 < num_layers; ++l) saved.push_back(outs[l]);
     for (int64_t l = 0; l + 1 < num_layers; ++l) saved.push_back(at::empty({0}, input.options()));
@@ -109,7 +113,8 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
       const int64_t k = l * D + d;
       const LayerWeights w = layer_weights(weights, k, bias);
       const Tensor gates_x = at::linear(x, w.w_ih, w.b_ih);  // every step at once: one GEMM
-      std::tie(outs[d], h_n[k], ws[k]) = call_recurrence(mode, gates_x, hx[k], w.w_hh, w.b_hh, d == 1, lengths);
+      std::tie(outs[d], h_n[k], ws[k]) =
+          call_recurrence(mode, gates_x, hx[k], w.w_hh, w.b_hh, d == 1, lengths, save);
     }
     x = D == 2 ? at::cat(outs, 2) : outs[0];
     if (l + 1 < num_layers) {
@@ -123,6 +128,7 @@ std::tuple<Tensor, Tensor, std::vector<Tensor>> rnn_network(const Tensor& input,
       noises.push_back(noise);
     }
   }
+  if (!save) return {x, at::stack(h_n, 0), {}};
   std::vector<Tensor> saved = std::move(ws);
   saved.insert(saved.end(), layer_inputs.begin(), layer_inputs.end());
   saved.insert(saved.end(), noises.begin(), noises.end());

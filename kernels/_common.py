@@ -135,7 +135,7 @@ def recurrent_product_input(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
 def forward_steps(step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, ws, **constexprs):
     """The per-step forward of a recurrence (W_hh too large to stay on chip): per step one GEMM,
     gh = W_hh h + b_hh, in the accumulation dtype, then one fused pointwise kernel (gates, output,
-    workspace, next state). Returns h_n."""
+    workspace where the SAVE constexpr says so, next state). Returns h_n."""
     T, B, H = out.shape
     if B * H == 0:  # nothing to compute (and no zero-size grid to launch)
         return h0.clone()

@@ -4,7 +4,7 @@ Resident path (W_hh small enough to stay on chip: _common.resident): the whole t
 launch. One program owns BLOCK_B batch rows for all T steps; it loads the three (H, H) blocks of
 W_hh once and keeps the state h in registers; per step it reads the pre-projected input gates,
 does three tl.dot's (fp32 accumulation, IEEE fp32 for float32 inputs) and the fused gate math,
-and writes the output and the workspace. Backward is the same shape: dh stays in registers,
+and writes the output and (unless no backward follows) the workspace. Backward is the same shape: dh stays in registers,
 dh_prev = dh * z + dG_h W_hh per step. Sizes are padded to powers of two (>= 16 for tl.dot)
 and masked.
 
@@ -30,9 +30,9 @@ def _tanh(x):
 
 @triton.jit
 def _gru_fwd_cell(gx_ptr, ws_ptr, out_ptr, row, rj, H, m2, h, h_r, h_z, h_n, lens, t,
-                  HAS_LEN: tl.constexpr, ACC: tl.constexpr):
+                  HAS_LEN: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr):
     """Step t of a tile: the gates from the input projection (gx at `row`) and the recurrent
-    products h_r, h_z, h_n (W_h* h + b_h*); stores the output and the workspace; returns h_t."""
+    products h_r, h_z, h_n (W_h* h + b_h*); stores the output and (SAVE) the workspace; returns h_t."""
     gx = gx_ptr + row * (3 * H) + rj[None, :]
     x_r = tl.load(gx, mask=m2, other=0.0).to(ACC)
     x_z = tl.load(gx + H, mask=m2, other=0.0).to(ACC)
@@ -51,12 +51,13 @@ def _gru_fwd_cell(gx_ptr, ws_ptr, out_ptr, row, rj, H, m2, h, h_r, h_z, h_n, len
         h_n = tl.where(active, h_n, 0.0)
         out_t = tl.where(active, h_new, 0.0)
         h_new = tl.where(active, h_new, h)
-    ws = ws_ptr + row * (5 * H) + rj[None, :]
-    tl.store(ws, r.to(ws_ptr.dtype.element_ty), mask=m2)
-    tl.store(ws + H, z.to(ws_ptr.dtype.element_ty), mask=m2)
-    tl.store(ws + 2 * H, n.to(ws_ptr.dtype.element_ty), mask=m2)
-    tl.store(ws + 3 * H, h_n.to(ws_ptr.dtype.element_ty), mask=m2)
-    tl.store(ws + 4 * H, h.to(ws_ptr.dtype.element_ty), mask=m2)
+    if SAVE:
+        ws = ws_ptr + row * (5 * H) + rj[None, :]
+        tl.store(ws, r.to(ws_ptr.dtype.element_ty), mask=m2)
+        tl.store(ws + H, z.to(ws_ptr.dtype.element_ty), mask=m2)
+        tl.store(ws + 2 * H, n.to(ws_ptr.dtype.element_ty), mask=m2)
+        tl.store(ws + 3 * H, h_n.to(ws_ptr.dtype.element_ty), mask=m2)
+        tl.store(ws + 4 * H, h.to(ws_ptr.dtype.element_ty), mask=m2)
     tl.store(out_ptr + row * H + rj[None, :], out_t.to(out_ptr.dtype.element_ty), mask=m2)
     return h_new
 
@@ -101,7 +102,7 @@ def _gru_bwd_cell(go_ptr, ws_ptr, dgx_ptr, dgh_ptr, row, rj, H, m2, dh, lens, t,
 
 @triton.jit
 def _gru_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_ptr, T, B, H,
-                    HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr,
                     ACC: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rb, rj, m2 = tile(B, H, BLOCK_B, BLOCK_H)
@@ -121,7 +122,7 @@ def _gru_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_p
         h_z = tl.dot(hw, wt_z, input_precision=PRECISION, out_dtype=ACC) + b_z[None, :]
         h_n = tl.dot(hw, wt_n, input_precision=PRECISION, out_dtype=ACC) + b_n[None, :]
         h_new = _gru_fwd_cell(gx_ptr, ws_ptr, out_ptr, t * B + rb[:, None], rj, H, m2, h, h_r, h_z, h_n,
-                              lens, t, HAS_LEN, ACC)
+                              lens, t, HAS_LEN, SAVE, ACC)
         h = tl.where(m2, h_new, 0.0)  # padding stays 0: in the next dot, inf * 0 would be NaN
     tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=m2)
 
@@ -155,7 +156,8 @@ def _gru_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dgx_ptr, dgh_ptr, d
 
 @triton.jit
 def _gru_fwd_step_kernel(gx_ptr, gh_ptr, h_ptr, len_ptr, out_ptr, h_next_ptr, ws_ptr, t, B, H,
-                         HAS_LEN: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+                         HAS_LEN: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr, BLOCK_B: tl.constexpr,
+                         BLOCK_H: tl.constexpr):
     """Step t given gh = W_hh h + b_hh (B, 3H) and the state h (B, H), both in ACC."""
     rb, rj, m2 = tile(B, H, BLOCK_B, BLOCK_H)
     state = rb[:, None] * H + rj[None, :]
@@ -166,7 +168,7 @@ def _gru_fwd_step_kernel(gx_ptr, gh_ptr, h_ptr, len_ptr, out_ptr, h_next_ptr, ws
     h = tl.load(h_ptr + state, mask=m2, other=0.0)
     lens = load_lengths(len_ptr, rb, B, HAS_LEN)
     h_new = _gru_fwd_cell(gx_ptr, ws_ptr, out_ptr, t * B + rb[:, None], rj, H, m2, h, h_r, h_z, h_n,
-                          lens, t, HAS_LEN, ACC)
+                          lens, t, HAS_LEN, SAVE, ACC)
     tl.store(h_next_ptr + state, h_new, mask=m2)
 
 
@@ -185,20 +187,23 @@ def _gru_bwd_step_kernel(go_ptr, dh_ptr, ws_ptr, len_ptr, dgx_ptr, dgh_ptr, carr
 
 # ------------------------------------------------------------------ launchers
 
-def gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths):
+def gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths, save=True):
+    """save=False: no workspace is written (an empty one, (0,), comes back)."""
     T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
     gates_x, h0, w_hh = gates_x.contiguous(), h0.contiguous(), w_hh.contiguous()
     out = gates_x.new_empty((T, B, H))
-    ws = gates_x.new_empty((T, B, 5 * H))
+    ws = gates_x.new_empty((T, B, 5 * H) if save else (0,))
+    ws_arg = ws if save else out  # a pointer the kernels never store to
     if not resident(3, H, h0.dtype):
-        h_n = forward_steps(_gru_fwd_step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, ws)
+        h_n = forward_steps(_gru_fwd_step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, ws_arg,
+                            SAVE=save)
         return out, h_n, ws
     h_n = h0.new_empty((B, H))
     block_b, block_h = block_sizes(B, H)
     wrap_triton(_gru_fwd_kernel)[(triton.cdiv(B, block_b),)](
         gates_x, h0, w_hh, b_hh.contiguous() if b_hh is not None else w_hh,
-        lengths if lengths is not None else h0, out, h_n, ws, T, B, H,
-        HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=reverse,
+        lengths if lengths is not None else h0, out, h_n, ws_arg, T, B, H,
+        HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=reverse, SAVE=save,
         ACC=compute_dtype(h0.dtype), PRECISION=dot_precision(h0.dtype),
         BLOCK_B=block_b, BLOCK_H=block_h, num_warps=RESIDENT_NUM_WARPS)
     return out, h_n, ws

@@ -15,9 +15,9 @@ from hnrnn.kernels._common import (RESIDENT_NUM_WARPS, backward_steps, bias_row,
 
 @triton.jit
 def _rnn_fwd_cell(gx_ptr, ws_ptr, out_ptr, row, rj, H, m2, h, gh, lens, t,
-                  HAS_LEN: tl.constexpr, RELU: tl.constexpr, ACC: tl.constexpr):
-    """Step t of a tile from the recurrent product gh = W_hh h + b_hh: stores the output and the
-    workspace; returns h_t."""
+                  HAS_LEN: tl.constexpr, RELU: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr):
+    """Step t of a tile from the recurrent product gh = W_hh h + b_hh: stores the output and
+    (SAVE) the workspace; returns h_t."""
     pre = tl.load(gx_ptr + row * H + rj[None, :], mask=m2, other=0.0).to(ACC) + gh
     if RELU:
         h_new = tl.maximum(pre, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
@@ -28,7 +28,8 @@ def _rnn_fwd_cell(gx_ptr, ws_ptr, out_ptr, row, rj, H, m2, h, gh, lens, t,
         active = (t < lens)[:, None]
         out_t = tl.where(active, h_new, 0.0)
         h_new = tl.where(active, h_new, h)
-    tl.store(ws_ptr + row * H + rj[None, :], out_t.to(ws_ptr.dtype.element_ty), mask=m2)
+    if SAVE:
+        tl.store(ws_ptr + row * H + rj[None, :], out_t.to(ws_ptr.dtype.element_ty), mask=m2)
     tl.store(out_ptr + row * H + rj[None, :], out_t.to(out_ptr.dtype.element_ty), mask=m2)
     return h_new
 
@@ -58,7 +59,7 @@ def _rnn_bwd_cell(go_ptr, ws_ptr, dg_ptr, row, rj, H, m2, dh, lens, t,
 @triton.jit
 def _rnn_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_ptr, T, B, H,
                     HAS_BIAS: tl.constexpr, HAS_LEN: tl.constexpr, REVERSE: tl.constexpr, RELU: tl.constexpr,
-                    ACC: tl.constexpr, PRECISION: tl.constexpr,
+                    SAVE: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rb, rj, m2 = tile(B, H, BLOCK_B, BLOCK_H)
     wt = weight_tile(w_ptr, 0, H, BLOCK_H, TRANSPOSED=True)
@@ -70,7 +71,7 @@ def _rnn_fwd_kernel(gx_ptr, h0_ptr, w_ptr, b_ptr, len_ptr, out_ptr, hn_ptr, ws_p
         t = time_index(s, T, REVERSE)
         gh = tl.dot(h.to(wt.dtype), wt, input_precision=PRECISION, out_dtype=ACC) + b[None, :]
         h_new = _rnn_fwd_cell(gx_ptr, ws_ptr, out_ptr, t * B + rb[:, None], rj, H, m2, h, gh, lens, t,
-                              HAS_LEN, RELU, ACC)
+                              HAS_LEN, RELU, SAVE, ACC)
         h = tl.where(m2, h_new, 0.0)  # padding stays 0: in the next dot, inf * 0 would be NaN
     tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=m2)
 
@@ -100,7 +101,7 @@ def _rnn_bwd_kernel(go_ptr, ghn_ptr, ws_ptr, w_ptr, len_ptr, dg_ptr, dh0_ptr, T,
 
 @triton.jit
 def _rnn_fwd_step_kernel(gx_ptr, gh_ptr, h_ptr, len_ptr, out_ptr, h_next_ptr, ws_ptr, t, B, H,
-                         RELU: tl.constexpr, HAS_LEN: tl.constexpr, ACC: tl.constexpr,
+                         RELU: tl.constexpr, HAS_LEN: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """Step t given gh = W_hh h + b_hh and the state h (B, H), both in ACC."""
     rb, rj, m2 = tile(B, H, BLOCK_B, BLOCK_H)
@@ -109,7 +110,7 @@ def _rnn_fwd_step_kernel(gx_ptr, gh_ptr, h_ptr, len_ptr, out_ptr, h_next_ptr, ws
     h = tl.load(h_ptr + state, mask=m2, other=0.0)
     lens = load_lengths(len_ptr, rb, B, HAS_LEN)
     h_new = _rnn_fwd_cell(gx_ptr, ws_ptr, out_ptr, t * B + rb[:, None], rj, H, m2, h, gh, lens, t,
-                          HAS_LEN, RELU, ACC)
+                          HAS_LEN, RELU, SAVE, ACC)
     tl.store(h_next_ptr + state, h_new, mask=m2)
 
 
@@ -129,20 +130,23 @@ def _rnn_bwd_step_kernel(go_ptr, dh_ptr, ws_ptr, len_ptr, dg_ptr, carry_ptr, t, 
 
 # ------------------------------------------------------------------ launchers
 
-def rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
+def rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths, save=True):
+    """save=False: no workspace is written (an empty one, (0,), comes back)."""
     T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
     gates_x, h0, w_hh = gates_x.contiguous(), h0.contiguous(), w_hh.contiguous()
     out = gates_x.new_empty((T, B, H))
-    ws = gates_x.new_empty((T, B, H))
+    ws = gates_x.new_empty((T, B, H) if save else (0,))
+    ws_arg = ws if save else out  # a pointer the kernels never store to
     if not resident(1, H, h0.dtype):
-        h_n = forward_steps(_rnn_fwd_step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, ws, RELU=relu)
+        h_n = forward_steps(_rnn_fwd_step_kernel, gates_x, h0, w_hh, b_hh, reverse, lengths, out, ws_arg,
+                            RELU=relu, SAVE=save)
         return out, h_n, ws
     h_n = h0.new_empty((B, H))
     block_b, block_h = block_sizes(B, H)
     wrap_triton(_rnn_fwd_kernel)[(triton.cdiv(B, block_b),)](
         gates_x, h0, w_hh, b_hh.contiguous() if b_hh is not None else w_hh,
-        lengths if lengths is not None else h0, out, h_n, ws, T, B, H,
-        HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=reverse, RELU=relu,
+        lengths if lengths is not None else h0, out, h_n, ws_arg, T, B, H,
+        HAS_BIAS=b_hh is not None, HAS_LEN=lengths is not None, REVERSE=reverse, RELU=relu, SAVE=save,
         ACC=compute_dtype(h0.dtype), PRECISION=dot_precision(h0.dtype),
         BLOCK_B=block_b, BLOCK_H=block_h, num_warps=RESIDENT_NUM_WARPS)
     return out, h_n, ws

@@ -1,8 +1,11 @@
 """Shared helpers of the GRU / RNN tests (CPU, Triton interpreter and GPU tiers)."""
+import contextlib
 import copy
 
+import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import hnrnn.nn
 
@@ -78,3 +81,66 @@ def assert_within_2x_torch_error(ours, torch32, truth, floor=1e-6):
 def cast_module(mod, dtype):
     m = copy.deepcopy(mod)
     return m.to(dtype)
+
+
+# ---------------------------------------------------------------- forwards no backward follows
+
+def check_unsaved_forward(op, kind, reverse, lengths, dtype=torch.float64):
+    """`op(gates_x, h0, w_hh, b_hh, reverse, lengths, save)` (a GRU / RNN forward op; `kind`
+    "gru", "rnn_tanh" or "rnn_relu"): with save=False it writes no workspace, returning an empty
+    one, and the same output and state, bit for bit; asked not to save for a call autograd
+    records, it refuses."""
+    T, B, H = 5, 3, 6
+    G = 3 if kind == "gru" else 1
+    g = torch.Generator().manual_seed(0)
+    gx, h0, w, b = (torch.randn(*s, generator=g, dtype=dtype) for s in ((T, B, G * H), (B, H), (G * H, H), (G * H,)))
+    w /= H ** 0.5
+    lens = None if lengths is None else torch.tensor(lengths)
+    out, h_n, ws = op(gx, h0, w, b, reverse, lens, True)
+    unsaved = op(gx, h0, w, b, reverse, lens, False)
+    assert ws.shape == (T, B, (5 if kind == "gru" else 1) * H) and unsaved[2].shape == (0,)
+    assert torch.equal(unsaved[0], out) and torch.equal(unsaved[1], h_n)
+    with torch.no_grad():  # under no_grad nothing is recorded, whatever requires grad
+        assert op(gx, h0, w.requires_grad_(), b, reverse, lens, False)[2].shape == (0,)
+    with pytest.raises(ValueError, match="save=False, but autograd records this call"):
+        op(gx, h0, w, b, reverse, lens, False)
+
+
+class RecordSave(TorchDispatchMode):
+    """Records the `save` argument of every hnrnn op called (below autograd) while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.saves = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "hnrnn":
+            names = [a.name for a in func._schema.arguments]
+            if "save" in names:
+                i = names.index("save")
+                self.saves.append(kwargs.get("save", args[i] if i < len(args) else True))
+        return func(*args, **kwargs)
+
+
+def check_module_saves_only_for_backward(mod, x):
+    """A GRU / RNN module's ops save their workspaces where autograd records the call, and nowhere
+    else (no_grad, inference_mode, parameters and input not requiring grad), with the same
+    output and state, bit for bit."""
+    def run(context=contextlib.nullcontext()):
+        with context, RecordSave() as rec:
+            out, h_n = mod(x)
+        assert rec.saves, "no hnrnn op with a save argument ran"
+        return out.detach(), h_n.detach(), set(rec.saves)
+
+    out, h_n, saves = run()
+    assert saves == {True}
+    for context in (torch.no_grad(), torch.inference_mode()):
+        got_out, got_h, saves = run(context)
+        assert saves == {False} and torch.equal(got_out, out) and torch.equal(got_h, h_n)
+    mod.requires_grad_(False)
+    try:
+        got_out, got_h, saves = run()
+        assert saves == {False} and torch.equal(got_out, out) and torch.equal(got_h, h_n)
+    finally:
+        mod.requires_grad_(True)

@@ -114,18 +114,24 @@ def launches_of(emu, fn):
     return result, tuple(a - b for a, b in zip(emu.launch_counts(), before))
 
 
-def assert_path(path, launches, T):
-    """The launches one call makes on each path (both orders ran: twice)."""
-    want = {"persistent": (2, 0), "grid": (0, 2), "per-step": (2 * T, 0)}[path]
+def path_launches(path, T):
+    """The (plain, cooperative) launches one call makes on each path."""
+    return {"persistent": (1, 0), "grid": (0, 1), "per-step": (T, 0)}[path]
+
+
+def assert_path(path, launches, T, calls=2):
+    """The launches of `calls` calls on `path` (both_orders: two)."""
+    want = tuple(calls * n for n in path_launches(path, T))
     assert launches == want, f"expected the {path} path ({want} launches), got {launches}"
 
 
-def recurrence_call(module, kind, *args, backward=False):
+def recurrence_call(module, kind, *args, backward=False, save=True):
+    """The forward (args ending in reverse, lengths; `save` appended) or backward op of `kind`."""
     name = ("gru" if kind == "gru" else "rnn") + "_recurrence" + ("_backward" if backward else "")
     fn = getattr(module, name)
-    if kind == "gru":
-        return fn(*args)
-    return fn(*args[:-2], kind == "rnn_relu", *args[-2:])  # the RNN ops take `relu` before `reverse`
+    if kind != "gru":  # the RNN ops take `relu` before `reverse`
+        args = (*args[:-2], kind == "rnn_relu", *args[-2:])
+    return fn(*args) if backward else fn(*args, save)
 
 
 @pytest.mark.parametrize("kind,dtype,H,path", RECURRENCE_CASES,
@@ -156,6 +162,12 @@ def test_recurrence(emu, device_limits, kind, dtype, H, path, reverse, packed, B
     want = recurrence_call(torch.ops.hnrnn, kind, *ref_cast(gx, h0, w, b), reverse, lengths)
     tol = {torch.float64: 1e-12, torch.float32: 2e-5}.get(dtype, 3e-2)
     assert_close_all(out, want, ["out", "h_n", "ws"], tol)
+    # save=False (a forward no backward follows) writes no workspace: the same output and state
+    unsaved, launches = launches_of(emu, lambda: recurrence_call(emu, kind, *cast(gx, h0, w, b), reverse, lengths,
+                                                                 save=False))
+    assert_path(path, launches, T, calls=1)
+    assert unsaved[2].shape == (0,)
+    assert torch.equal(unsaved[0], out[0]) and torch.equal(unsaved[1], out[1])
 
     ws = out[2]
     grads, launches = launches_of(emu, lambda: both_orders(
@@ -180,7 +192,7 @@ def test_forced_path(emu, device_limits, monkeypatch):
     results = {}
     for path in ("persistent", "grid", "step"):
         monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", path)
-        out, fwd_launches = launches_of(emu, lambda: emu.gru_recurrence(gx, h0, w, b, False, None))
+        out, fwd_launches = launches_of(emu, lambda: emu.gru_recurrence(gx, h0, w, b, False, None, True))
         grads, bwd_launches = launches_of(emu, lambda: emu.gru_recurrence_backward(grad_out, grad_h, out[2], w, False,
                                                                                  None))
         want = {"persistent": (1, 0), "grid": (0, 1), "step": (T, 0)}[path]
@@ -193,13 +205,13 @@ def test_forced_path(emu, device_limits, monkeypatch):
     device_limits(1, 64 * 1024)  # W_hh (48 KiB) fits one block, not with the grid kernel's state tile
     monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", "grid")
     with pytest.raises(RuntimeError, match="HNRNN_CUDA_RECURRENCE_PATH=grid: W_hh of hidden size 140 does not fit"):
-        emu.gru_recurrence(torch.zeros(2, 3, 420), torch.zeros(3, 140), torch.zeros(420, 140), None, False, None)
+        emu.gru_recurrence(torch.zeros(2, 3, 420), torch.zeros(3, 140), torch.zeros(420, 140), None, False, None, True)
     monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", "persistent")
     with pytest.raises(RuntimeError, match="persistent: W_hh of hidden size 140 does not fit one block"):
-        emu.gru_recurrence(torch.zeros(2, 3, 420), torch.zeros(3, 140), torch.zeros(420, 140), None, False, None)
+        emu.gru_recurrence(torch.zeros(2, 3, 420), torch.zeros(3, 140), torch.zeros(420, 140), None, False, None, True)
     monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", "fastest")
     with pytest.raises(ValueError, match="must be auto, persistent, grid or step, got 'fastest'"):
-        emu.gru_recurrence(gx, h0, w, b, False, None)
+        emu.gru_recurrence(gx, h0, w, b, False, None, True)
 
 
 # ------------------------------------------------------------------------------ stacked layers
@@ -245,6 +257,10 @@ def test_stacked_layers(emu, kind, dtype, L, H, bias, packed):
 
     got = both_orders(emu, run)
     outs, h_n, ws = got[:L], got[L], got[L + 1:]
+    # save=False writes no workspaces: the same outputs and states
+    unsaved_outs, unsaved_h_n, unsaved_ws = emu.stack_recurrence(mode, gx0, hx, weights, lengths, save=False)
+    assert all(torch.equal(a, b) for a, b in zip([*unsaved_outs, unsaved_h_n], [*outs, h_n]))
+    assert [w.shape for w in unsaved_ws] == [(0,)] * L
     low = dtype == torch.bfloat16
     up = (lambda t: t.float()) if low else (lambda t: t)  # noqa: E731
     out, want_h, saved = torch.ops.hnrnn.rnn_network(up(x), up(hx), [up(w) for w in weights], mode, L, False, 0.0,
@@ -308,13 +324,15 @@ def test_network_op(emu, kind, dtype, L, H, packed):
     T, B, I = 7, 19, 5
     x, hx, weights, lengths = stack_inputs(kind, dtype, L, H, T, B, I, True, packed)
     mode = MODES[kind]
-    args = (mode, L, False, 0.0, True, lengths)  # training, no dropout
+    args = (mode, L, False, 0.0, True, lengths, True)  # training, no dropout, saving for backward
 
     def run():
         out, h_n, saved = emu.rnn_network(x, hx, weights, *args)
         return [out, h_n, *saved]
 
     got = both_orders(emu, run)
+    unsaved_out, unsaved_h_n, unsaved = emu.rnn_network(x, hx, weights, *args[:-1], False)
+    assert unsaved == [] and torch.equal(unsaved_out, got[0]) and torch.equal(unsaved_h_n, got[1])
     want_out, want_h, want_saved = torch.ops.hnrnn.rnn_network(x, hx, weights, *args)
     tol = 1e-12 if dtype == torch.float64 else 2e-5
     assert_close_all(got, [want_out, want_h, *want_saved],

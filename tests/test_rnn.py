@@ -15,8 +15,8 @@ import hnrnn.nn
 from hnrnn import reference
 from hnrnn.ops import rnn as ops
 from hnrnn.ops._backend import BackendUnavailableError
-from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, leaf, make_pair,
-                         packed_leaf, run_with_grads)
+from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, check_module_saves_only_for_backward,
+                         check_unsaved_forward, leaf, make_pair, packed_leaf, run_with_grads)
 
 BACKENDS = ["cpu", "reference"]
 
@@ -246,6 +246,53 @@ def test_recurrence_matches_reference_layer(kind, reverse, bias, lengths):
     ("rnn_recurrence", lambda: _op_args("rnn", 3, 2, 4, False, None)[:3] + (None, False, True, torch.tensor([3, 2]))),
 ])
 def test_opcheck(op, args):
+    torch.library.opcheck(getattr(torch.ops.hnrnn, op).default, args())
+
+
+def compiled_forward_op(kind):
+    """The compiled forward op of `kind`, called as op(gates_x, h0, w_hh, b_hh, reverse, lengths, save)."""
+    if kind == "gru":
+        return torch.ops.hnrnn.gru_recurrence
+    return lambda gx, h0, w, b, reverse, lens, save: torch.ops.hnrnn.rnn_recurrence(
+        gx, h0, w, b, kind == "rnn_relu", reverse, lens, save)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, [4, 1, 3])])
+def test_forward_without_save_writes_no_workspace(kind, reverse, lengths):
+    check_unsaved_forward(compiled_forward_op(kind), kind, reverse, lengths)
+
+
+@pytest.mark.parametrize("case", [dict(mode=0, bias=True, bidirectional=True),
+                                  dict(mode=2, bias=False, bidirectional=False, lengths=[4, 1, 3], layers=3,
+                                       dropout=0.5, train=True)])
+def test_network_without_save_keeps_nothing(case):
+    args = _network_args(**case)
+    torch.manual_seed(0)  # the same dropout noise in both calls
+    out, h_n, saved = torch.ops.hnrnn.rnn_network(*args, True)
+    torch.manual_seed(0)
+    unsaved = torch.ops.hnrnn.rnn_network(*args, False)
+    assert saved and unsaved[2] == []
+    assert torch.equal(unsaved[0], out) and torch.equal(unsaved[1], h_n)
+    args[2][0].requires_grad_(True)
+    with pytest.raises(ValueError, match="rnn_network: save=False, but autograd records this call"):
+        torch.ops.hnrnn.rnn_network(*args, False)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_module_saves_workspace_only_for_backward(kind):
+    _, ours = make_pair(kind, 3, 5, "cpu", num_layers=2, bidirectional=True)
+    check_module_saves_only_for_backward(ours, torch.randn(4, 2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("op,args", [
+    ("gru_recurrence", lambda: _op_args("gru", 3, 2, 4, True, [3, 1], requires_grad=False)[:4]
+     + (True, torch.tensor([3, 1]), False)),
+    ("rnn_recurrence", lambda: _op_args("rnn", 3, 2, 4, False, None, requires_grad=False)[:4]
+     + (True, False, None, False)),
+    ("rnn_network", lambda: _network_args(0, True, True) + [False]),
+])
+def test_opcheck_without_save(op, args):
     torch.library.opcheck(getattr(torch.ops.hnrnn, op).default, args())
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
 
-from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, leaf, make_pair,
-                         packed_leaf, run_with_grads)
+from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, check_module_saves_only_for_backward,
+                         leaf, make_pair, packed_leaf, run_with_grads)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("no_tf32")]  # see tests/conftest.py
 
@@ -95,6 +95,22 @@ def test_gpu_torch_compile_fullgraph(backend, kind):
     g_out, g_h = torch.randn(4, 7, 32, device="cuda"), torch.randn(2, 4, 32, device="cuda")
     assert_matches(run_with_grads(compiled, leaf(x), leaf(h0), g_out, g_h),
                    run_with_grads(ref, leaf(x), leaf(h0), g_out, g_h), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("kind,H,layers,bidir,path", [
+    ("gru", 64, 2, False, "auto"),        # the seed's Model5: the cuda backend's wavefront
+    ("rnn", 33, 1, True, "persistent"),
+    ("gru", 64, 1, False, "grid"),
+    ("gru", 1024, 1, False, "auto"),      # the per-step paths
+])
+def test_gpu_saves_workspace_only_for_backward(backend, kind, H, layers, bidir, path, monkeypatch):
+    """Under no_grad / inference_mode the kernels write no workspace, with the same output and
+    state, bit for bit, on every path."""
+    if path != "auto":
+        monkeypatch.setenv("HNRNN_CUDA_RECURRENCE_PATH", path)
+    _, ours = make_pair(kind, 5, H, backend, torch.float32, device="cuda", num_layers=layers, bidirectional=bidir)
+    check_module_saves_only_for_backward(ours, torch.randn(7, 9, 5, device="cuda"))
 
 
 def test_gpu_opcheck():

@@ -9,8 +9,8 @@ import torch
 from torch.nn.utils.rnn import pack_sequence
 
 from hnrnn.ops import rnn as ops
-from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, leaf, make_pair,
-                         packed_leaf, run_with_grads)
+from rnn_helpers import (assert_matches, assert_within_2x_torch_error, cast_module, check_module_saves_only_for_backward,
+                         check_unsaved_forward, leaf, make_pair, packed_leaf, run_with_grads)
 
 pytestmark = [pytest.mark.interpreter, pytest.mark.usefixtures("one_thread")]  # see tests/conftest.py
 
@@ -141,6 +141,21 @@ def test_triton_ops_match_compiled_workspace(path):
     tri = ops.triton_ops()[0](gx, h0, w, b, True, lens)
     cpu = torch.ops.hnrnn.gru_recurrence(gx, h0, w, b, True, lens)
     assert_matches(list(tri), list(cpu), atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("reverse,lengths", [(False, None), (True, [4, 1, 3])])
+def test_forward_without_save_writes_no_workspace(path, kind, reverse, lengths):
+    gru_fwd, _, rnn_fwd, _ = ops.triton_ops()
+    op = gru_fwd if kind == "gru" else (lambda gx, h0, w, b, reverse, lens, save: rnn_fwd(
+        gx, h0, w, b, kind == "rnn_relu", reverse, lens, save))
+    check_unsaved_forward(op, kind, reverse, lengths)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+def test_module_saves_workspace_only_for_backward(path, kind):
+    _, ours = make_pair(kind, 3, 5, "triton", num_layers=2, bidirectional=True)
+    check_module_saves_only_for_backward(ours, torch.randn(4, 2, 3, dtype=torch.float64))
 
 
 def test_triton_opcheck():

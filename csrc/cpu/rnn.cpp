@@ -53,7 +53,8 @@ at::Tensor bias_or_zeros(const c10::optional<at::Tensor>& b_hh, int64_t n, const
 // ---------------------------------------------------------------- GRU
 // Pointwise passes over one batch row (H units). always_inline: they must be compiled
 // inside the target_clones step functions below to be vectorised for the wide targets.
-template <typename T>
+// kSave: write the workspace (false for a forward no backward follows; ws is then null).
+template <typename T, bool kSave>
 HNRNN_INLINE void gru_row_fwd(int64_t H, const T* __restrict__ gx, const T* __restrict__ gh,
                               const T* __restrict__ bh, T* __restrict__ h, T* __restrict__ out,
                               T* __restrict__ ws) {
@@ -62,11 +63,13 @@ HNRNN_INLINE void gru_row_fwd(int64_t H, const T* __restrict__ gx, const T* __re
     const T gh_n = gh[2 * H + j] + bh[2 * H + j];
     GruGates<T> g = gru_forward<T>(gx[j], gx[H + j], gx[2 * H + j], gh[j] + bh[j],
                                    gh[H + j] + bh[H + j], gh_n, hp);
-    ws[j] = g.r;
-    ws[H + j] = g.z;
-    ws[2 * H + j] = g.n;
-    ws[3 * H + j] = gh_n;
-    ws[4 * H + j] = hp;
+    if (kSave) {
+      ws[j] = g.r;
+      ws[H + j] = g.z;
+      ws[2 * H + j] = g.n;
+      ws[3 * H + j] = gh_n;
+      ws[4 * H + j] = hp;
+    }
     out[j] = g.h;
     h[j] = g.h;
   }
@@ -91,17 +94,22 @@ HNRNN_INLINE void gru_row_bwd(int64_t H, const T* __restrict__ dh_carry, const T
 
 // One step over rows [0, nb) of a batch slice. Row strides: gates 3H, ws 5H, state H.
 // A masked row outputs 0, keeps its state, and leaves finite zeros / its state in the
-// workspace (the dW_hh GEMM multiplies them by zero gate gradients).
+// workspace (the dW_hh GEMM multiplies them by zero gate gradients). ws null: none is saved.
 template <typename T>
 HNRNN_INLINE void gru_step_fwd(int64_t nb, int64_t H, int64_t t, const int64_t* len, const T* gx,
                                const T* gh, const T* bh, T* h, T* out, T* ws) {
   for (int64_t b = 0; b < nb; ++b) {
     if (t < len[b]) {
-      gru_row_fwd<T>(H, gx + b * 3 * H, gh + b * 3 * H, bh, h + b * H, out + b * H, ws + b * 5 * H);
+      if (ws)
+        gru_row_fwd<T, true>(H, gx + b * 3 * H, gh + b * 3 * H, bh, h + b * H, out + b * H, ws + b * 5 * H);
+      else
+        gru_row_fwd<T, false>(H, gx + b * 3 * H, gh + b * 3 * H, bh, h + b * H, out + b * H, nullptr);
     } else {
       std::fill(out + b * H, out + (b + 1) * H, T(0));
-      std::fill(ws + b * 5 * H, ws + b * 5 * H + 4 * H, T(0));
-      std::copy(h + b * H, h + (b + 1) * H, ws + b * 5 * H + 4 * H);
+      if (ws) {
+        std::fill(ws + b * 5 * H, ws + b * 5 * H + 4 * H, T(0));
+        std::copy(h + b * H, h + (b + 1) * H, ws + b * 5 * H + 4 * H);
+      }
     }
   }
 }
@@ -164,14 +172,20 @@ void for_each_row_block(int64_t B, const F& fn) {
   });
 }
 
+// The workspace pointer of step t, rows b0..: null where none is saved.
+template <typename T>
+T* ws_rows(const at::Tensor& ws, int64_t offset) {
+  return ws.numel() == 0 ? nullptr : ws.data_ptr<T>() + offset;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
     const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
-    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths) {
+    const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths, bool save) {
   check_recurrence_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 3);
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
-  at::Tensor ws = empty_output({T, B, ws_width(true) * H}, h0.options());
+  at::Tensor ws = empty_output(workspace_shape(true, T, B, H, save), h0.options());
   at::Tensor h = h0.contiguous().clone();  // the running state, returned as h_n
   at::Tensor gh = empty_output({B, 3 * H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, 3 * H, h0);
@@ -189,7 +203,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
                                    gates_x.data_ptr<scalar_t>() + (t * B + b0) * 3 * H,
                                    gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws.data_ptr<scalar_t>() + (t * B + b0) * 5 * H);
+                                   ws_rows<scalar_t>(ws, (t * B + b0) * 5 * H));
       }
     });
   });
@@ -232,13 +246,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cpu(
 // ---------------------------------------------------------------- vanilla RNN
 // Row passes with restrict parameters (GCC ignores restrict on local pointers, and the
 // aliasing checks would keep these loops scalar).
-template <typename T, bool RELU>
+template <typename T, bool RELU, bool kSave>
 HNRNN_INLINE void rnn_row_fwd(int64_t H, const T* __restrict__ gx, const T* __restrict__ gh,
                               const T* __restrict__ bh, T* __restrict__ h, T* __restrict__ out,
                               T* __restrict__ ws) {
   for (int64_t j = 0; j < H; ++j) {
     const T hn = rnn_forward<T>(gx[j] + gh[j] + bh[j], RELU);
-    ws[j] = hn;
+    if (kSave) ws[j] = hn;
     out[j] = hn;
     h[j] = hn;
   }
@@ -253,17 +267,23 @@ HNRNN_INLINE void rnn_row_bwd(int64_t H, const T* __restrict__ dh, const T* __re
   }
 }
 
+// ws null: none is saved.
 template <typename T>
 HNRNN_INLINE void rnn_step_fwd(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t* len,
                                const T* gx, const T* gh, const T* bh, T* h, T* out, T* ws) {
   for (int64_t b = 0; b < nb; ++b) {
+    T* out_b = out + b * H;
     if (t >= len[b]) {  // masked row: output 0, keep the state
-      std::fill(out + b * H, out + (b + 1) * H, T(0));
-      std::fill(ws + b * H, ws + (b + 1) * H, T(0));
+      std::fill(out_b, out_b + H, T(0));
+      if (ws) std::fill(ws + b * H, ws + (b + 1) * H, T(0));
+    } else if (ws && relu) {
+      rnn_row_fwd<T, true, true>(H, gx + b * H, gh + b * H, bh, h + b * H, out_b, ws + b * H);
+    } else if (ws) {
+      rnn_row_fwd<T, false, true>(H, gx + b * H, gh + b * H, bh, h + b * H, out_b, ws + b * H);
     } else if (relu) {
-      rnn_row_fwd<T, true>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * H);
+      rnn_row_fwd<T, true, false>(H, gx + b * H, gh + b * H, bh, h + b * H, out_b, nullptr);
     } else {
-      rnn_row_fwd<T, false>(H, gx + b * H, gh + b * H, bh, h + b * H, out + b * H, ws + b * H);
+      rnn_row_fwd<T, false, false>(H, gx + b * H, gh + b * H, bh, h + b * H, out_b, nullptr);
     }
   }
 }
@@ -315,12 +335,13 @@ void rnn_step_bwd_any(int64_t nb, int64_t H, bool relu, int64_t t, const int64_t
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
     const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
-    const c10::optional<at::Tensor>& b_hh, bool relu, bool reverse, const c10::optional<at::Tensor>& lengths) {
+    const c10::optional<at::Tensor>& b_hh, bool relu, bool reverse, const c10::optional<at::Tensor>& lengths,
+    bool save) {
   check_recurrence_inputs(gates_x_, h0, w_hh_, b_hh, lengths, 1);
   const at::Tensor gates_x = gates_x_.contiguous(), w_hh = w_hh_.contiguous();
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
-  at::Tensor ws = empty_output({T, B, ws_width(false) * H}, h0.options());
+  at::Tensor ws = empty_output(workspace_shape(false, T, B, H, save), h0.options());
   at::Tensor h = h0.contiguous().clone();
   at::Tensor gh = empty_output({B, H}, h0.options());
   const at::Tensor bias = bias_or_zeros(b_hh, H, h0);
@@ -337,7 +358,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
         rnn_step_fwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, gates_x.data_ptr<scalar_t>() + (t * B + b0) * H,
                                    gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws.data_ptr<scalar_t>() + (t * B + b0) * H);
+                                   ws_rows<scalar_t>(ws, (t * B + b0) * H));
       }
     });
   });

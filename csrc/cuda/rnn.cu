@@ -36,8 +36,16 @@ constexpr int kThreads = 256;
 constexpr int kRows = 8;  // batch rows per block in the persistent kernels
 
 // ---------------------------------------------------------------- per-element gate math
+// The workspace at element `offset`, or null where none is saved (save = false: a forward no
+// backward follows). Every kernel addresses its workspace through this and stores to it only
+// where it is not null.
+template <typename T>
+__host__ __device__ __forceinline__ T* ws_at(T* ws, int64_t offset) {
+  return ws == nullptr ? nullptr : ws + offset;
+}
+
 // Forward of unit j of one batch row; returns the new state. Masked (inactive) rows output
-// 0, keep the state and leave zeros / the state in the workspace.
+// 0, keep the state and leave zeros / the state in the workspace (ws null: none is saved).
 template <bool GRU, bool RELU, typename acc_t, typename scalar_t, typename gx_t>
 __device__ __forceinline__ acc_t fwd_element(bool active, int64_t H, int64_t j, const gx_t* gx,
                                              const acc_t* gh, const scalar_t* bias, acc_t hp,
@@ -48,29 +56,33 @@ __device__ __forceinline__ acc_t fwd_element(bool active, int64_t H, int64_t j, 
     const acc_t bh_n = bias ? acc_t(bias[2 * H + j]) : acc_t(0);
     const acc_t gh_n = gh[2 * H + j] + bh_n;
     if (!active) {
-      ws[j] = ws[H + j] = ws[2 * H + j] = ws[3 * H + j] = scalar_t(0);
-      ws[4 * H + j] = scalar_t(hp);
+      if (ws) {
+        ws[j] = ws[H + j] = ws[2 * H + j] = ws[3 * H + j] = scalar_t(0);
+        ws[4 * H + j] = scalar_t(hp);
+      }
       out[j] = scalar_t(0);
       return hp;
     }
     GruGates<acc_t> g = gru_forward<acc_t>(acc_t(gx[j]), acc_t(gx[H + j]), acc_t(gx[2 * H + j]),
                                            gh[j] + bh_r, gh[H + j] + bh_z, gh_n, hp);
-    ws[j] = scalar_t(g.r);
-    ws[H + j] = scalar_t(g.z);
-    ws[2 * H + j] = scalar_t(g.n);
-    ws[3 * H + j] = scalar_t(gh_n);
-    ws[4 * H + j] = scalar_t(hp);
+    if (ws) {
+      ws[j] = scalar_t(g.r);
+      ws[H + j] = scalar_t(g.z);
+      ws[2 * H + j] = scalar_t(g.n);
+      ws[3 * H + j] = scalar_t(gh_n);
+      ws[4 * H + j] = scalar_t(hp);
+    }
     out[j] = scalar_t(g.h);
     return g.h;
   } else {
     if (!active) {
-      ws[j] = scalar_t(0);
+      if (ws) ws[j] = scalar_t(0);
       out[j] = scalar_t(0);
       return hp;
     }
     const acc_t pre = acc_t(gx[j]) + gh[j] + (bias ? acc_t(bias[j]) : acc_t(0));
     const acc_t h = rnn_forward<acc_t>(pre, RELU);
-    ws[j] = scalar_t(h);
+    if (ws) ws[j] = scalar_t(h);
     out[j] = scalar_t(h);
     return h;
   }
@@ -135,8 +147,10 @@ __device__ __forceinline__ acc_t unit_forward(bool active, int64_t H, int64_t j,
     b_v[g] = bias ? bias[g * H + j] : scalar_t(0);
   }
   const acc_t h = fwd_element<GRU, RELU, acc_t, scalar_t>(active, 1, 0, gx_v, gh_v, b_v, hp, &out_v, ws_v);
+  if (ws) {
 #pragma unroll
-  for (int k = 0; k < W; ++k) ws[k * H + j] = ws_v[k];
+    for (int k = 0; k < W; ++k) ws[k * H + j] = ws_v[k];
+  }
   out[j] = out_v;
   return h;
 }
@@ -207,7 +221,7 @@ persistent_fwd_kernel(int64_t T, int64_t B, int64_t H, bool reverse, const int64
       const int64_t b = i / H, j = i % H, gb = b0 + b;
       const int64_t r = t * B + gb;
       h_s[i] = fwd_element<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_s + b * GH,
-                                                       bias, h_s[i], out + r * H, ws + r * ws_width(GRU) * H);
+                                                       bias, h_s[i], out + r * H, ws_at(ws, r * ws_width(GRU) * H));
     }
     __syncthreads();
   }
@@ -280,7 +294,7 @@ struct StackLayers {  // per layer; w_ih[0] and b_ih[0] unused (layer 0's input 
   const scalar_t* b_hh[kMaxStackLayers];
   const scalar_t* b_ih[kMaxStackLayers];
   scalar_t* out[kMaxStackLayers];  // (T, B, H)
-  scalar_t* ws[kMaxStackLayers];   // (T, B, W * H)
+  scalar_t* ws[kMaxStackLayers];   // (T, B, W * H); null where none is saved
 };
 
 template <bool GRU, bool RELU, typename scalar_t>
@@ -346,11 +360,11 @@ stack_fwd_kernel(int64_t L, int64_t T, int64_t B, int64_t H, const int64_t* __re
       const acc_t* gh = gh_s + (l * kRows + b) * GH;
       if (l == 0) {
         h[i] = fwd_element<GRU, RELU, acc_t, scalar_t>(active, H, j, gx0 + r * GH, gh, layers.b_hh[0], h[i],
-                                                       layers.out[0] + r * H, layers.ws[0] + r * W * H);
+                                                       layers.out[0] + r * H, ws_at(layers.ws[0], r * W * H));
       } else {
         h[i] = fwd_element<GRU, RELU, acc_t, scalar_t>(active, H, j, gx_s + (l * kRows + b) * GH, gh,
                                                        layers.b_hh[l], h[i], layers.out[l] + r * H,
-                                                       layers.ws[l] + r * W * H);
+                                                       ws_at(layers.ws[l], r * W * H));
       }
     }
     __syncthreads();
@@ -466,7 +480,7 @@ __global__ void step_fwd_kernel(int64_t B, int64_t H, int64_t t, const int64_t* 
 #pragma unroll
   for (int g = 0; g < G; ++g) gh_v[g] = acc_t(gh[b * G * H + g * H + j]);
   h[i] = scalar_t(unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, b, t), H, j, gx_t + b * G * H, gh_v, bias,
-                                                           acc_t(h[i]), out_t + b * H, ws_t + b * ws_width(GRU) * H));
+                                                           acc_t(h[i]), out_t + b * H, ws_at(ws_t, b * ws_width(GRU) * H)));
 }
 
 template <bool GRU, bool RELU, typename scalar_t>
@@ -580,7 +594,7 @@ grid_fwd_kernel(int64_t T, int64_t B, int64_t H, int64_t S, int64_t R, int64_t P
         for (int g = 0; g < G; ++g) gh_v[g] = sum_parts(part_s + (b * GS + g * S + jj) * P, P);
         const acc_t h = unit_forward<GRU, RELU, acc_t, scalar_t>(is_active(len, gb, t), H, j, gx + r * GH, gh_v, bias,
                                                                  h_s[b * H + j], out + r * H,
-                                                                 ws + r * ws_width(GRU) * H);
+                                                                 ws_at(ws, r * ws_width(GRU) * H));
         next[gb * H + j] = h;
         if (s == T - 1) h_n[gb * H + j] = scalar_t(h);
       }
@@ -758,7 +772,7 @@ template <bool GRU, bool RELU>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& gates_x_, const at::Tensor& h0_,
                                                             const at::Tensor& w_hh_,
                                                             const c10::optional<at::Tensor>& b_hh, bool reverse,
-                                                            const c10::optional<at::Tensor>& lengths) {
+                                                            const c10::optional<at::Tensor>& lengths, bool save) {
   constexpr int G = GRU ? 3 : 1;
   check_recurrence_inputs(gates_x_, h0_, w_hh_, b_hh, lengths, G);
   cuda::DeviceGuard guard(gates_x_.device());
@@ -767,13 +781,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
   const auto len = device_lengths(lengths, gates_x);
   const int64_t T = gates_x.size(0), B = gates_x.size(1), H = h0.size(1);
   at::Tensor out = empty_output({T, B, H}, h0.options());
-  at::Tensor ws = empty_output({T, B, ws_width(GRU) * H}, h0.options());
+  at::Tensor ws = empty_output(workspace_shape(GRU, T, B, H, save), h0.options());
   at::Tensor h_n = empty_output({B, H}, h0.options());
   if (T == 0 || B == 0) return std::make_tuple(out, h0.clone(), ws);
   const auto stream = cuda::current_stream();
   const int64_t* lp = len.has_value() ? len->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h0.scalar_type(), "hnrnn_recurrence_cuda", [&] {
     const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
+    scalar_t* wsp = save ? ws.data_ptr<scalar_t>() : nullptr;
     using acc_t = at::opmath_type<scalar_t>;
     const int device = gates_x.get_device();
     const size_t smem = fwd_smem_bytes<scalar_t>(H, G);
@@ -785,13 +800,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
     if (path == Path::kPersistent) {
       cuda::launch(persistent_fwd_kernel<GRU, RELU, scalar_t>, persistent_blocks(B), kThreads, smem, stream, T, B,
                    H, reverse, lp, gates_x.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                   bp, out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>());
+                   bp, out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>(), wsp);
     } else if (path == Path::kGrid) {
       at::Tensor state = empty_output({2, B, H}, h0.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
       cuda::launch_cooperative(grid_kernel, plan.blocks, kGridThreads, plan.smem, stream, T, B, H, plan.slice,
                                plan.rows, plan.parts, reverse, lp, gates_x.data_ptr<scalar_t>(),
                                h0.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(), bp, out.data_ptr<scalar_t>(),
-                               h_n.data_ptr<scalar_t>(), ws.data_ptr<scalar_t>(), state.data_ptr<acc_t>());
+                               h_n.data_ptr<scalar_t>(), wsp, state.data_ptr<acc_t>());
     } else {
       h_n.copy_(h0);  // the running state
       at::Tensor gh = empty_output({B, G * H}, h0.options());
@@ -803,7 +818,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const at::Tensor& ga
         cuda::launch(step_fwd_kernel<GRU, RELU, scalar_t>, blocks, kThreads, 0, stream, B, H, t, lp,
                      gates_x.data_ptr<scalar_t>() + t * B * G * H, gh.data_ptr<scalar_t>(), bp,
                      h_n.data_ptr<scalar_t>(), out.data_ptr<scalar_t>() + t * B * H,
-                     ws.data_ptr<scalar_t>() + t * B * ws_width(GRU) * H);
+                     ws_at(wsp, t * B * ws_width(GRU) * H));
       }
     }
   });
@@ -872,8 +887,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_impl(const at::Tensor& g
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cuda(const at::Tensor& gates_x, const at::Tensor& h0,
                                                                    const at::Tensor& w_hh,
                                                                    const c10::optional<at::Tensor>& b_hh, bool reverse,
-                                                                   const c10::optional<at::Tensor>& lengths) {
-  return forward_impl<true, false>(gates_x, h0, w_hh, b_hh, reverse, lengths);
+                                                                   const c10::optional<at::Tensor>& lengths, bool save) {
+  return forward_impl<true, false>(gates_x, h0, w_hh, b_hh, reverse, lengths, save);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_backward_cuda(
@@ -886,9 +901,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cuda(const at::Ten
                                                                    const at::Tensor& w_hh,
                                                                    const c10::optional<at::Tensor>& b_hh, bool relu,
                                                                    bool reverse,
-                                                                   const c10::optional<at::Tensor>& lengths) {
-  return relu ? forward_impl<false, true>(gates_x, h0, w_hh, b_hh, reverse, lengths)
-              : forward_impl<false, false>(gates_x, h0, w_hh, b_hh, reverse, lengths);
+                                                                   const c10::optional<at::Tensor>& lengths,
+                                                                   bool save) {
+  return relu ? forward_impl<false, true>(gates_x, h0, w_hh, b_hh, reverse, lengths, save)
+              : forward_impl<false, false>(gates_x, h0, w_hh, b_hh, reverse, lengths, save);
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_recurrence_backward_cuda(const at::Tensor& grad_out, const at::Tensor& grad_h_n,
@@ -921,8 +937,8 @@ bool stack_recurrence_fits(int64_t mode, int64_t num_layers, int64_t H, at::Scal
 
 std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_recurrence_cuda(
     int64_t mode, const at::Tensor& gates_x0, const at::Tensor& hx, at::TensorList weights,
-    const c10::optional<at::Tensor>& lengths) {
-  const int64_t G = gates_of(mode), W = ws_width_of(mode), L = hx.dim() == 3 ? hx.size(0) : 0;
+    const c10::optional<at::Tensor>& lengths, bool save) {
+  const int64_t G = gates_of(mode), L = hx.dim() == 3 ? hx.size(0) : 0;
   TORCH_CHECK(mode == kGru || mode == kRnnTanh || mode == kRnnRelu, "stack_recurrence: unknown mode ", mode);
   TORCH_CHECK_VALUE(hx.dim() == 3 && L >= 1, "stack_recurrence: hx must be (layers, B, H), got ", hx.sizes());
   TORCH_CHECK_VALUE(weights.size() == static_cast<size_t>(2 * L) || weights.size() == static_cast<size_t>(4 * L),
@@ -960,7 +976,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_r
   std::vector<at::Tensor> out(L), ws(L);  // one tensor each, as the recurrence ops of one layer return
   for (int64_t l = 0; l < L; ++l) {
     out[l] = empty_output({T, B, H}, h0.options());
-    ws[l] = empty_output({T, B, W * H}, h0.options());
+    ws[l] = empty_output(workspace_shape(mode == kGru, T, B, H, save), h0.options());
   }
   at::Tensor h_n = empty_output({L, B, H}, h0.options());
   if (T == 0 || B == 0) return std::make_tuple(out, h0.clone(), ws);
@@ -974,7 +990,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, std::vector<at::Tensor>> stack_r
       layers.b_ih[l] = bias ? w[l * n + 2].data_ptr<scalar_t>() : nullptr;
       layers.b_hh[l] = bias ? w[l * n + 3].data_ptr<scalar_t>() : nullptr;
       layers.out[l] = out[l].data_ptr<scalar_t>();
-      layers.ws[l] = ws[l].data_ptr<scalar_t>();
+      layers.ws[l] = save ? ws[l].data_ptr<scalar_t>() : nullptr;
     }
     const auto kernel = mode == kGru       ? &stack_fwd_kernel<true, false, scalar_t>
                         : mode == kRnnRelu ? &stack_fwd_kernel<false, true, scalar_t>

@@ -4,8 +4,8 @@ Design (haste-style): the input projection of every time step is one GEMM done h
 ATen (`gates_x = x W_ih^T + b_ih`); the recurrence of one layer and one direction is one
 fused op:
 
-  hnrnn::gru_recurrence(gates_x, h0, w_hh, b_hh?, reverse, lengths?) -> (out, h_n, ws)
-  hnrnn::rnn_recurrence(gates_x, h0, w_hh, b_hh?, relu, reverse, lengths?) -> (out, h_n, ws)
+  hnrnn::gru_recurrence(gates_x, h0, w_hh, b_hh?, reverse, lengths?, save) -> (out, h_n, ws)
+  hnrnn::rnn_recurrence(gates_x, h0, w_hh, b_hh?, relu, reverse, lengths?, save) -> (out, h_n, ws)
 
 with backward ops that keep only `dh_prev = dh * z + dG_h W_hh` sequential and return the
 per-step gate gradients; `dW_hh`, `db_hh` (here) and `dW_ih`, `db_ih`, `dx` (autograd of
@@ -24,6 +24,9 @@ backends run the same steps here in Python (:func:`recurrent_network`).
 Workspace `ws` (what backward needs, produced by every compiled/Triton backend alike):
   GRU (T, B, 5H) = [r, z, n, W_hn h_prev + b_hn, h_prev];   RNN (T, B, H) = [h].
 The RNN's h_prev for dW_hh is the state of the step before, or h0 (:func:`_rnn_previous_states`).
+A forward that no backward follows (grad mode off, or no input requiring grad) passes
+save=False: the kernels write no workspace and return an empty one, (0,) (rnn_network: an
+empty `saved`), so inference neither stores nor allocates it (:func:`_save_for`).
 `lengths` (int64 (B,), optional) masks packed sequences: step t of sequence b runs iff
 t < lengths[b]; masked steps output 0 and carry the state (see hnrnn.reference).
 """
@@ -83,8 +86,17 @@ def _grads_or_zeros(grad_out: Optional[Tensor], grad_h_n: Optional[Tensor], ws: 
     return grad_out.contiguous(), grad_h_n.contiguous()
 
 
+def _check_saved(op: str, save: bool):
+    """setup_context runs when autograd records the call: its backward needs the workspace."""
+    if not save:
+        raise ValueError(f"{op}: save=False, but autograd records this call (grad mode is on and an input "
+                         "requires grad), and its backward needs what is saved; pass save=True or run under "
+                         "torch.no_grad()")
+
+
 def _gru_setup_context(ctx, inputs, output):
-    _gates_x, _h0, w_hh, b_hh, reverse, lengths = inputs
+    _gates_x, _h0, w_hh, b_hh, reverse, lengths, save = inputs
+    _check_saved("gru_recurrence_triton", save)
     ws = output[2]
     ctx.save_for_backward(ws, w_hh, lengths)
     ctx.reverse = reverse
@@ -94,7 +106,8 @@ def _gru_setup_context(ctx, inputs, output):
 
 
 def _rnn_setup_context(ctx, inputs, output):
-    _gates_x, h0, w_hh, b_hh, relu, reverse, lengths = inputs
+    _gates_x, h0, w_hh, b_hh, relu, reverse, lengths, save = inputs
+    _check_saved("rnn_recurrence_triton", save)
     ws = output[2]
     ctx.save_for_backward(ws, w_hh, lengths, h0)
     ctx.relu = relu
@@ -110,7 +123,7 @@ def _gru_backward_with(bwd_op):
         grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, w_hh.shape[1])
         dgx, dgh, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.reverse, lengths)
         dw, db = _weight_grads(ctx, dgh, ws, None, lengths, 3)
-        return dgx, dh0, dw, db, None, None
+        return dgx, dh0, dw, db, None, None, None
     return backward
 
 
@@ -120,20 +133,25 @@ def _rnn_backward_with(bwd_op):
         grad_out, grad_h_n = _grads_or_zeros(grad_out, grad_h_n, ws, w_hh.shape[1])
         dg, dh0 = bwd_op(grad_out, grad_h_n, ws, w_hh, ctx.relu, ctx.reverse, lengths)
         dw, db = _weight_grads(ctx, dg, ws, h0, lengths, 1)
-        return dg, dh0, dw, db, None, None, None
+        return dg, dh0, dw, db, None, None, None, None
     return backward
 
 
 # Fake kernels, shared by the compiled ops and (under the Triton interpreter) the Triton ops.
 
-def _fake_forward(gates_x: Tensor, h0: Tensor, kind: str):
+def _workspace_shape(kind: str, T, B, H, save: bool):
+    """(T, B, width * H) when saved, else (0,) (rnn_dispatch.h's workspace_shape)."""
+    return (T, B, _WS[kind] * H) if save else (0,)
+
+
+def _fake_forward(gates_x: Tensor, h0: Tensor, kind: str, save: bool):
     T, B, H = gates_x.shape[0], gates_x.shape[1], h0.shape[1]
     return (gates_x.new_empty((T, B, H)), h0.new_empty((B, H)),
-            gates_x.new_empty((T, B, _WS[kind] * H)))
+            gates_x.new_empty(_workspace_shape(kind, T, B, H, save)))
 
 
-def _gru_fake(gates_x, h0, w_hh, b_hh, reverse, lengths):
-    return _fake_forward(gates_x, h0, "gru")
+def _gru_fake(gates_x, h0, w_hh, b_hh, reverse, lengths, save=True):
+    return _fake_forward(gates_x, h0, "gru", save)
 
 
 def _gru_backward_fake(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
@@ -141,8 +159,8 @@ def _gru_backward_fake(grad_out, grad_h_n, ws, w_hh, reverse, lengths):
     return grad_out.new_empty((T, B, 3 * H)), grad_out.new_empty((T, B, 3 * H)), grad_h_n.new_empty((B, H))
 
 
-def _rnn_fake(gates_x, h0, w_hh, b_hh, relu, reverse, lengths):
-    return _fake_forward(gates_x, h0, "rnn")
+def _rnn_fake(gates_x, h0, w_hh, b_hh, relu, reverse, lengths, save=True):
+    return _fake_forward(gates_x, h0, "rnn", save)
 
 
 def _rnn_backward_fake(grad_out, grad_h_n, ws, w_hh, relu, reverse, lengths):
@@ -162,9 +180,11 @@ def _register_compiled():
         torch.library.register_fake(f"hnrnn::{name}")(fake)
 
     @torch.library.register_fake("hnrnn::rnn_network")
-    def _(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths):
+    def _(input, hx, weights, mode, num_layers, bidirectional, dropout, train, lengths, save=True):
         T, B, H = input.shape[0], input.shape[1], hx.shape[2]
         dirs = 2 if bidirectional else 1
+        if not save:
+            return input.new_empty((T, B, dirs * H)), hx.new_empty(hx.shape), []
         width = _WS["gru" if mode == 0 else "rnn"] * H
         ws = [input.new_empty((T, B, width)) for _ in range(num_layers * dirs)]
         layer_inputs = [input.new_empty((T, B, dirs * H)) for _ in range(num_layers - 1)]
@@ -205,8 +225,8 @@ def _register_triton():
 
     @triton_op("hnrnn::gru_recurrence_triton", _gru_fake)
     def gru_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], reverse: bool,
-                lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        return kgru.gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths)
+                lengths: Optional[Tensor], save: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        return kgru.gru_forward(gates_x, h0, w_hh, b_hh, reverse, lengths, save)
 
     @triton_op("hnrnn::gru_recurrence_backward_triton", _gru_backward_fake)
     def gru_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, reverse: bool,
@@ -215,8 +235,8 @@ def _register_triton():
 
     @triton_op("hnrnn::rnn_recurrence_triton", _rnn_fake)
     def rnn_fwd(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], relu: bool,
-                reverse: bool, lengths: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
-        return krnn.rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+                reverse: bool, lengths: Optional[Tensor], save: bool = True) -> Tuple[Tensor, Tensor, Tensor]:
+        return krnn.rnn_forward(gates_x, h0, w_hh, b_hh, relu, reverse, lengths, save)
 
     @triton_op("hnrnn::rnn_recurrence_backward_triton", _rnn_backward_fake)
     def rnn_bwd(grad_out: Tensor, grad_h_n: Tensor, ws: Tensor, w_hh: Tensor, relu: bool,
@@ -302,6 +322,12 @@ def _lengths_on(lengths: Optional[Tensor], device: torch.device) -> Optional[Ten
     return None if lengths is None else lengths.to(device=device, dtype=torch.int64)
 
 
+def _save_for(tensors: Sequence[Optional[Tensor]]) -> bool:
+    """Whether autograd records an op on `tensors` (grad mode on, one requires grad): only then
+    do the kernels save what backward needs."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor] = None,
                    reverse: bool = False, lengths: Optional[Tensor] = None,
                    backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -312,11 +338,12 @@ def gru_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     if b == "reference":
         with _backend.without_autocast(gates_x.device):
             return reference.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
+    save = _save_for((gates_x, h0, w_hh, b_hh))
     if b == "triton":
         triton_ops()
-        out, h_n, _ = torch.ops.hnrnn.gru_recurrence_triton(gates_x, h0, w_hh, b_hh, reverse, lengths)
+        out, h_n, _ = torch.ops.hnrnn.gru_recurrence_triton(gates_x, h0, w_hh, b_hh, reverse, lengths, save)
     else:
-        out, h_n, _ = torch.ops.hnrnn.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths)
+        out, h_n, _ = torch.ops.hnrnn.gru_recurrence(gates_x, h0, w_hh, b_hh, reverse, lengths, save)
     return out, h_n
 
 
@@ -332,11 +359,12 @@ def rnn_recurrence(gates_x: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Ten
     if b == "reference":
         with _backend.without_autocast(gates_x.device):
             return reference.rnn_recurrence(gates_x, h0, w_hh, b_hh, nonlinearity, reverse, lengths)
+    save = _save_for((gates_x, h0, w_hh, b_hh))
     if b == "triton":
         triton_ops()
-        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence_triton(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence_triton(gates_x, h0, w_hh, b_hh, relu, reverse, lengths, save)
     else:
-        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence(gates_x, h0, w_hh, b_hh, relu, reverse, lengths)
+        out, h_n, _ = torch.ops.hnrnn.rnn_recurrence(gates_x, h0, w_hh, b_hh, relu, reverse, lengths, save)
     return out, h_n
 
 
@@ -363,7 +391,8 @@ def recurrent_network(input: Tensor, hx: Tensor, weights: Sequence[Sequence[Opti
     if b in ("cpu", "cuda") and (not autocast or torch.get_autocast_dtype(device) in _KERNEL_DTYPES[b]):
         with _backend.without_autocast(input.device) if autocast else contextlib.nullcontext():
             out, h_n, _ = torch.ops.hnrnn.rnn_network(x, h, flat, MODES.index(mode), num_layers, bidirectional,
-                                                      float(dropout), bool(training), lengths)
+                                                      float(dropout), bool(training), lengths,
+                                                      _save_for((x, h, *flat)))
         return out, h_n
     dirs = 2 if bidirectional else 1
     layer_input = input

@@ -46,9 +46,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   for (const auto& bind : hnrnn_emu::recorder().bindings) bind(m);
   // the stacked-layer kernel is called from C++ (csrc/rnn_network.cpp), not registered as an op
   m.def("stack_recurrence", [](int64_t mode, const at::Tensor& gates_x0, const at::Tensor& hx,
-                               const std::vector<at::Tensor>& weights, const c10::optional<at::Tensor>& lengths) {
-    return hnrnn::stack_recurrence_cuda(mode, gates_x0, hx, weights, lengths);
-  });
+                               const std::vector<at::Tensor>& weights, const c10::optional<at::Tensor>& lengths,
+                               bool save) {
+    return hnrnn::stack_recurrence_cuda(mode, gates_x0, hx, weights, lengths, save);
+  }, pybind11::arg("mode"), pybind11::arg("gates_x0"), pybind11::arg("hx"), pybind11::arg("weights"),
+     pybind11::arg("lengths"), pybind11::arg("save") = true);
   m.def("stack_recurrence_backward",
         [](int64_t mode, const at::Tensor& grad_out, const at::Tensor& grad_h_n, const std::vector<at::Tensor>& ws,
            const std::vector<at::Tensor>& weights, const c10::optional<at::Tensor>& lengths) {
