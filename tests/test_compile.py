@@ -105,7 +105,36 @@ def check_rnn_module(kind, backend, compile_backend="aot_eager", nonlinearity="t
     kw = dict(nonlinearity=nonlinearity) if kind == "rnn" else {}
     module = {"gru": hnrnn.nn.GRU, "rnn": hnrnn.nn.RNN}[kind](
         3, 6, num_layers=2, batch_first=True, bidirectional=True, backend=backend, **kw)
-    check_compiled_matches_eager(module, lambda: (torch.randn(4, 3, 3), torch.randn(4, 4, 6)), compile_backend)
+    make_args = lambda: (torch.randn(4, 3, 3), torch.randn(4, 4, 6))  # noqa: E731
+    check_compiled_matches_eager(module, make_args, compile_backend)
+    # Inference: traced whole, the ops asked for no workspace (save=False), eager's outputs.
+    torch._dynamo.reset()
+    graphs = []
+
+    def record_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch.no_grad():
+        compiled = torch.compile(module, fullgraph=True, backend=record_graph)
+        args = make_args()
+        for a, b in zip(compiled(*args), module(*args)):
+            torch.testing.assert_close(a, b, **TOLERANCE[compile_backend])
+    saves = [save_argument(node) for gm in graphs for node in gm.graph.nodes if save_argument(node) is not None]
+    assert (saves or backend == "reference") and not any(saves), saves  # the reference runs no hnrnn op
+
+
+def save_argument(node):
+    """The `save` argument of an FX node calling an hnrnn op that has one, else None."""
+    op = getattr(node.target, "default", node.target)
+    schema = getattr(op, "_schema", None)
+    if node.op != "call_function" or schema is None or schema.name.split("::")[0] != "hnrnn":
+        return None
+    names = [a.name for a in schema.arguments]
+    if "save" not in names:
+        return None
+    i = names.index("save")
+    return node.kwargs.get("save", node.args[i] if i < len(node.args) else True)
 
 
 @pytest.mark.parametrize("kind,nonlinearity,backend", [
