@@ -21,8 +21,8 @@ Tensor grad_or_zeros(const Tensor& grad, const Tensor& like) {
   return grad.defined() ? grad.contiguous() : at::zeros_like(like, at::MemoryFormat::Contiguous);
 }
 
-// Whether autograd will record `inputs` (grad mode on and one of them requires grad): a call
-// asked not to save what backward needs (save = false) must not be recorded.
+// Refuses save = false on a call autograd records (grad mode on, one of `inputs` requiring grad):
+// its backward would need the workspace that call does not write.
 void check_save(const char* op, bool save, at::ArrayRef<Tensor> inputs) {
   if (save || !at::GradMode::is_enabled()) return;
   for (const Tensor& t : inputs) {
