@@ -63,13 +63,10 @@ def environment(device: torch.device) -> dict:
 
 
 def write_json(obj, path: str, indent: int = 2):
-    """Write `obj` as JSON to a temporary file and rename it into place: a run killed mid-write
-    (a time box, say) leaves the previous file or none, never half of one."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=indent)
-    os.replace(tmp, path)
+    """`obj` as JSON at `path`, written whole or not at all (learner.atomic_write): a run killed
+    mid-write (a time box, say) leaves the previous file or none, never half of one."""
+    from hnrnn.learner import atomic_write
+    atomic_write(path, lambda f: json.dump(obj, f, indent=indent), binary=False)
 
 
 def train_model(name, data, *, backend, device, seed, epochs=None, max_lr=None, pct_start=None,

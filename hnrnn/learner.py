@@ -85,21 +85,27 @@ def _fused_adamw_supported(params) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
 
 
-def _atomic_save(obj, path: str):
-    """Write to a temporary file, then rename: a killed or failing save never leaves half a
-    checkpoint at ``path`` (the previous one stays until the new one is complete)."""
+def atomic_write(path: str, write: Callable, binary: bool = True):
+    """write(file) into a temporary file, then rename it to ``path``: a killed or failing write
+    never leaves half a file there (the previous one stays until the new one is complete), nor
+    the temporary file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _atomic_save(obj, path: str):
+    """torch.save through atomic_write: never half a checkpoint at ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _pause_point():

@@ -172,12 +172,6 @@ void for_each_row_block(int64_t B, const F& fn) {
   });
 }
 
-// The workspace pointer of step t, rows b0..: null where none is saved.
-template <typename T>
-T* ws_rows(const at::Tensor& ws, int64_t offset) {
-  return ws.numel() == 0 ? nullptr : ws.data_ptr<T>() + offset;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
     const at::Tensor& gates_x_, const at::Tensor& h0, const at::Tensor& w_hh_,
     const c10::optional<at::Tensor>& b_hh, bool reverse, const c10::optional<at::Tensor>& lengths, bool save) {
@@ -192,6 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
   const auto len = host_lengths(lengths, B, T);
   const at::Tensor w_t = w_hh.t().contiguous();  // (H, 3H): the per-step GEMM streams its rows
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_recurrence_cpu", [&] {
+    scalar_t* wsp = save ? ws.data_ptr<scalar_t>() : nullptr;
     for_each_row_block(B, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
       scalar_t* h_s = h.data_ptr<scalar_t>() + b0 * H;
@@ -203,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_recurrence_cpu(
                                    gates_x.data_ptr<scalar_t>() + (t * B + b0) * 3 * H,
                                    gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws_rows<scalar_t>(ws, (t * B + b0) * 5 * H));
+                                   ws_at(wsp, (t * B + b0) * 5 * H));
       }
     });
   });
@@ -348,6 +343,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
   const auto len = host_lengths(lengths, B, T);
   const at::Tensor w_t = w_hh.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnn_recurrence_cpu", [&] {
+    scalar_t* wsp = save ? ws.data_ptr<scalar_t>() : nullptr;
     for_each_row_block(B, [&](int64_t b0, int64_t b1) {
       const int64_t nb = b1 - b0;
       scalar_t* h_s = h.data_ptr<scalar_t>() + b0 * H;
@@ -358,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rnn_recurrence_cpu(
         rnn_step_fwd_any<scalar_t>(nb, H, relu, t, len.data() + b0, gates_x.data_ptr<scalar_t>() + (t * B + b0) * H,
                                    gh_s, bias.data_ptr<scalar_t>(), h_s,
                                    out.data_ptr<scalar_t>() + (t * B + b0) * H,
-                                   ws_rows<scalar_t>(ws, (t * B + b0) * H));
+                                   ws_at(wsp, (t * B + b0) * H));
       }
     });
   });

@@ -36,14 +36,6 @@ constexpr int kThreads = 256;
 constexpr int kRows = 8;  // batch rows per block in the persistent kernels
 
 // ---------------------------------------------------------------- per-element gate math
-// The workspace at element `offset`, or null where none is saved (save = false: a forward no
-// backward follows). Every kernel addresses its workspace through this and stores to it only
-// where it is not null.
-template <typename T>
-__host__ __device__ __forceinline__ T* ws_at(T* ws, int64_t offset) {
-  return ws == nullptr ? nullptr : ws + offset;
-}
-
 // Forward of unit j of one batch row; returns the new state. Masked (inactive) rows output
 // 0, keep the state and leave zeros / the state in the workspace (ws null: none is saved).
 template <bool GRU, bool RELU, typename acc_t, typename scalar_t, typename gx_t>

@@ -25,6 +25,14 @@ inline bool debug_fill_nan() {
   return on;
 }
 
+// The GRU / RNN workspace at element `offset`, or null where none is saved (save = false: a
+// forward no backward follows). The CPU and CUDA kernels address their workspace through this
+// and store to it only where it is not null.
+template <typename T>
+HNRNN_HOST_DEVICE inline T* ws_at(T* ws, int64_t offset) {
+  return ws == nullptr ? nullptr : ws + offset;
+}
+
 // at::empty for kernel outputs and scratch buffers (filled with NaN under the switch above).
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
