@@ -35,25 +35,27 @@ void check_save(const char* op, bool save, at::ArrayRef<Tensor> inputs) {
 // ------------------------------------------------------------------ zoo cell
 using ZooForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, bool, bool, double, double);
+    const Tensor&, const Tensor&, bool, bool, double, double, bool);
 using ZooBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, c10::SymInt, const Tensor&, const Tensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, bool, bool);
+    const Tensor&, const Tensor&, const Tensor&, bool, bool, bool);
 
 struct ZooCellFunction : public torch::autograd::Function<ZooCellFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& ids, const Tensor& h0, const Tensor& emb,
                                const Tensor& weight, const Tensor& bias, const Tensor& bn_weight,
                                const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
-                               bool norm_state, bool training, double momentum, double eps) {
+                               bool norm_state, bool training, double momentum, double eps,
+                               bool skip_first_linear) {
     static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("hnrnn::zoo_cell_forward", "").typed<ZooForward>();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_T, new_rm, new_rv, xs, rs, mean, invstd] =
         op.call(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var, norm_state, training,
-                momentum, eps);
+                momentum, eps, skip_first_linear);
     ctx->save_for_backward({ids, weight, bn_weight, xs, rs, mean, invstd, h_T});
     ctx->saved_data["vocab_size"] = emb.sym_size(0);
     ctx->saved_data["norm_state"] = norm_state;
     ctx->saved_data["training"] = training;
+    ctx->saved_data["skip_first_linear"] = skip_first_linear;
     ctx->mark_non_differentiable({new_rm, new_rv, xs, rs, mean, invstd});
     ctx->set_materialize_grads(false);  // no zeros for the outputs backward ignores
     return {out, h_T, new_rm, new_rv, xs, rs, mean, invstd};
@@ -70,17 +72,18 @@ struct ZooCellFunction : public torch::autograd::Function<ZooCellFunction> {
     auto [g_h0, g_emb, g_w, g_b, g_gamma, g_beta] =
         op.call(grad_out, grad_or_zeros(grads[1], h_T), ids, ctx->saved_data["vocab_size"].toSymInt(), weight,
                 bn_weight, xs, s[4], s[5], s[6], ctx->saved_data["norm_state"].toBool(),
-                ctx->saved_data["training"].toBool());
-    return {Tensor(), g_h0, g_emb, g_w, g_b, g_gamma, g_beta, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+                ctx->saved_data["training"].toBool(), ctx->saved_data["skip_first_linear"].toBool());
+    return {Tensor(), g_h0,     g_emb,    g_w,      g_b,      g_gamma, g_beta,
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_forward_autograd(
     const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
-    bool norm_state, bool training, double momentum, double eps) {
+    bool norm_state, bool training, double momentum, double eps, bool skip_first_linear) {
   auto r = ZooCellFunction::apply(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                                  norm_state, training, momentum, eps);
+                                  norm_state, training, momentum, eps, skip_first_linear);
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
 }
 

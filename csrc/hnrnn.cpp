@@ -24,9 +24,9 @@ static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> zoo_cell_step(
                                          at::Tensor, at::Tensor, at::Tensor>(
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                            const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                           const at::Tensor&, bool, bool, double, double)>();
+                           const at::Tensor&, bool, bool, double, double, bool)>();
   auto res = op.call(ids.unsqueeze(1).contiguous(), h, emb, weight, bias, bn_weight, bn_bias,
-                     running_mean, running_var, norm_state, training, momentum, eps);
+                     running_mean, running_var, norm_state, training, momentum, eps, /*skip_first_linear=*/false);
   return {std::get<0>(res).squeeze(1), std::get<1>(res), std::get<2>(res), std::get<3>(res)};
 }
 
@@ -36,14 +36,15 @@ TORCH_LIBRARY(hnrnn, m) {
   // Returns out (B, T, H), h_T (B, H), the updated running statistics (copies), and what backward
   // needs: xs = h_{t-1} + E[ids_t] and rs = ReLU(xs W^T + b), both time-major (T, B, H), and the
   // per-step batch mean and invstd (T, H) (the running ones, repeated, in eval).
+  // skip_first_linear: step 0 has no linear layer, rs_0 = ReLU(xs_0) (the lesson's Model0).
   m.def("zoo_cell_forward(Tensor ids, Tensor h0, Tensor emb, Tensor weight, Tensor bias, "
         "Tensor bn_weight, Tensor bn_bias, Tensor running_mean, Tensor running_var, bool norm_state, "
-        "bool training, float momentum, float eps) -> (Tensor out, Tensor h_T, Tensor new_running_mean, "
+        "bool training, float momentum, float eps, bool skip_first_linear=False) -> (Tensor out, Tensor h_T, Tensor new_running_mean, "
         "Tensor new_running_var, Tensor xs, Tensor rs, Tensor mean, Tensor invstd)");
   // Reverse time loop. Returns the gradients of h0, emb, weight, bias, bn_weight, bn_bias.
   m.def("zoo_cell_backward(Tensor grad_out, Tensor grad_h_T, Tensor ids, SymInt vocab_size, "
         "Tensor weight, Tensor bn_weight, Tensor xs, Tensor rs, Tensor mean, Tensor invstd, "
-        "bool norm_state, bool training) -> (Tensor grad_h0, Tensor grad_emb, Tensor grad_weight, "
+        "bool norm_state, bool training, bool skip_first_linear=False) -> (Tensor grad_h0, Tensor grad_emb, Tensor grad_weight, "
         "Tensor grad_bias, Tensor grad_bn_weight, Tensor grad_bn_bias)");
   // One step: ids (B,), h (B, H). Composite of zoo_cell_forward with T = 1 (so autograd, fake
   // tensors and every backend come from the sequence op).

@@ -20,6 +20,9 @@ from torch import Tensor
 #   out_t = BN_t(r_t)                     (BatchNorm1d over the batch, once per step)
 #   h_t   = out_t  if norm_state          (Model0/Model1: BN inside the recurrence)
 #           r_t    otherwise              (Model2/Model3: BN on the output only)
+#
+# skip_first_linear: step 0 has no linear layer, r_0 = ReLU(h0 + E[x_0]) (Model0's first step,
+# `bn(relu(i_h(x[:, 0])))` with h0 = 0).
 # ---------------------------------------------------------------------------
 
 
@@ -52,10 +55,12 @@ def batch_norm_step(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tenso
 
 def zoo_cell_step(ids: Tensor, h: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
                   bn_weight: Tensor, bn_bias: Tensor, running_mean: Tensor, running_var: Tensor,
-                  norm_state: bool, training: bool, momentum: float = 0.1, eps: float = 1e-5
-                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One step. ids: (B,) int64; h: (B, H). Returns (out, h_new, running_mean, running_var)."""
-    r = F.relu(F.linear(h + emb[ids], weight, bias))
+                  norm_state: bool, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                  linear: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step. ids: (B,) int64; h: (B, H). Returns (out, h_new, running_mean, running_var).
+    linear=False: no linear layer, r = ReLU(h + E[ids])."""
+    x = h + emb[ids]
+    r = F.relu(F.linear(x, weight, bias) if linear else x)
     out, rm, rv = batch_norm_step(r, bn_weight, bn_bias, running_mean, running_var,
                                   training, momentum, eps)
     return out, (out if norm_state else r), rm, rv
@@ -63,14 +68,15 @@ def zoo_cell_step(ids: Tensor, h: Tensor, emb: Tensor, weight: Tensor, bias: Ten
 
 def zoo_cell_sequence(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
                       bn_weight: Tensor, bn_bias: Tensor, running_mean: Tensor, running_var: Tensor,
-                      norm_state: bool, training: bool, momentum: float = 0.1, eps: float = 1e-5
-                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                      norm_state: bool, training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                      skip_first_linear: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """All steps. ids: (B, T) int64; h0: (B, H). Returns (out (B, T, H), h_T, running_mean, running_var)."""
     h, rm, rv = h0, running_mean, running_var
     outs = []
     for t in range(ids.shape[1]):
         out, h, rm, rv = zoo_cell_step(ids[:, t], h, emb, weight, bias, bn_weight, bn_bias,
-                                       rm, rv, norm_state, training, momentum, eps)
+                                       rm, rv, norm_state, training, momentum, eps,
+                                       linear=not (skip_first_linear and t == 0))
         outs.append(out)
     return torch.stack(outs, 1), h, rm, rv
 

@@ -54,20 +54,22 @@ class _ZooModel(nn.Module):
         # training the synchronised BatchNorm runs once per step on the seed's eager path.
         return self.backend == EAGER or isinstance(self.bn, SyncBatchNormFlat)
 
-    def fused_cell(self, ids, h0, norm_state: bool):
-        """All steps of ``h' = ReLU(h_h(h + i_h(x_t)))`` + per-step BatchNorm in one fused op.
-        Returns (per-step outputs (B, T, H), final state); updates ``bn``'s running statistics
-        exactly as calling ``self.bn`` once per step would."""
+    def fused_cell(self, ids, h0, norm_state: bool, skip_first_linear: bool = False):
+        """All steps of ``h' = ReLU(h_h(h + i_h(x_t)))`` + per-step BatchNorm in one fused op
+        (skip_first_linear: the first step without h_h, as Model0's). Returns (per-step outputs
+        (B, T, H), final state); updates ``bn``'s running statistics exactly as calling
+        ``self.bn`` once per step would."""
         from hnrnn.ops.zoo_cell import zoo_cell_sequence
 
         bn = self.bn
         out, h, rm, rv = zoo_cell_sequence(
             ids, h0, self.i_h.weight, self.h_h.weight, self.h_h.bias, bn.weight, bn.bias,
             bn.running_mean, bn.running_var, norm_state=norm_state, training=self.training,
-            momentum=bn.momentum, eps=bn.eps, backend=None if self.backend == "auto" else self.backend)
+            momentum=bn.momentum, eps=bn.eps, backend=None if self.backend == "auto" else self.backend,
+            skip_first_linear=skip_first_linear)
         if self.training:
             # Update the buffers in place without bumping their autograd version, as
-            # nn.BatchNorm1d's own kernel does: an earlier eager BN call (Model0's first step)
+            # nn.BatchNorm1d's own kernel does: an eager call of the same BN earlier in the graph
             # saved them for its backward, and they are only read there in eval mode.
             with torch.no_grad():
                 for buf, new in ((bn.running_mean, rm), (bn.running_var, rv)):
@@ -85,16 +87,17 @@ class Model0(_ZooModel):
     stateful = False
 
     def forward(self, x):
+        if not self.eager and x.shape[1] > 1:  # all three steps in one op, the first without h_h
+            # (one word: h_h unused, so its gradient stays None as the seed's; none: its IndexError)
+            _, h = self.fused_cell(x[:, :3], self.zeros(x), norm_state=True, skip_first_linear=True)
+            return self.h_o(h)
         h = self.bn(F.relu(self.i_h(x[:, 0])))
-        if self.eager:
-            if x.shape[1] > 1:
-                h = h + self.i_h(x[:, 1])
-                h = self.bn(F.relu(self.h_h(h)))
-            if x.shape[1] > 2:
-                h = h + self.i_h(x[:, 2])
-                h = self.bn(F.relu(self.h_h(h)))
-        elif x.shape[1] > 1:
-            _, h = self.fused_cell(x[:, 1:3], h, norm_state=True)
+        if x.shape[1] > 1:
+            h = h + self.i_h(x[:, 1])
+            h = self.bn(F.relu(self.h_h(h)))
+        if x.shape[1] > 2:
+            h = h + self.i_h(x[:, 2])
+            h = self.bn(F.relu(self.h_h(h)))
         return self.h_o(h)
 
 

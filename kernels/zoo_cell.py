@@ -12,6 +12,8 @@ Two paths each way:
   feature); the recurrent product of the backward (dx = dz W) is a GEMM per step.
 After the backward loop, dW = dZ^T X is one GEMM over all T*B rows, db a column sum, and dE a
 deterministic segment sum over the ids sorted once (`_segment_sum_kernel`: no atomics).
+skip_first_linear (the lesson's Model0): step 0 has no linear layer, r_0 = ReLU(x_0), so dx_0 = dz_0
+and dW, db sum over the steps from 1.
 
 Out-of-range ids (only reachable when the entry point's host check is skipped, i.e. under
 torch.compile) read a NaN embedding row instead of memory out of bounds.
@@ -75,7 +77,7 @@ def _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, cols, t, B, T, H, V):
 def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr,
                     out_ptr, hT_ptr, xs_ptr, rs_ptr, mean_ptr, invstd_ptr, rm_out_ptr, rv_out_ptr,
                     B, T, H, V, momentum, eps, inv_b, unbias,
-                    NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
+                    NORM_STATE: tl.constexpr, TRAINING: tl.constexpr, SKIP_FIRST_LINEAR: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rows, cols, m2 = tile(B, H, BLOCK_B, BLOCK_H)  # one program: the whole batch
     mc = cols < H
@@ -96,6 +98,8 @@ def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_
         x = h + tl.where(ok[:, None] | (~m2), e, float("nan"))
         tl.store(xs_ptr + t * B * H + bh, x, mask=m2)
         z = tl.dot(x, wt, input_precision="ieee") + bias[None, :]
+        if SKIP_FIRST_LINEAR:
+            z = tl.where(t == 0, x, z)
         r = tl.where(m2, _relu(z), 0.0)  # padded rows must not enter the statistics
         tl.store(rs_ptr + t * B * H + bh, r, mask=m2)
         if TRAINING:
@@ -123,9 +127,10 @@ def _fwd_seq_kernel(ids_ptr, h0_ptr, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_
 def _fwd_step_kernel(ids_ptr, h_ptr, h_stride, emb_ptr, w_ptr, b_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr,
                      out_ptr, xs_ptr, rs_ptr, mean_ptr, invstd_ptr,
                      t, B, T, H, V, momentum, eps, inv_b, unbias,
-                     TRAINING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+                     TRAINING: tl.constexpr, LINEAR: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
                      BLOCK_K: tl.constexpr):
-    """Step t for the features [pid * BLOCK_N, ...) and every row of the batch."""
+    """Step t for the features [pid * BLOCK_N, ...) and every row of the batch (LINEAR false:
+    r = ReLU(x), step 0 of skip_first_linear)."""
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mc = cols < H
@@ -138,17 +143,22 @@ def _fwd_step_kernel(ids_ptr, h_ptr, h_stride, emb_ptr, w_ptr, b_ptr, g_ptr, bet
     for b0 in range(0, B, BLOCK_B):
         rows = b0 + tl.arange(0, BLOCK_B)
         mr = rows < B
-        acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            mk = ks < H
-            x = _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, ks, t, B, T, H, V)
-            if pid == 0:  # every program computes x; one stores it for the backward
-                tl.store(xs_ptr + rows[:, None] * H + ks[None, :], x, mask=mr[:, None] & mk[None, :])
-            wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-            acc += tl.dot(x, wt, input_precision="ieee")
         m2 = mr[:, None] & mc[None, :]
-        r = tl.where(m2, _relu(acc + bias[None, :]), 0.0)
+        if LINEAR:
+            acc = tl.zeros([BLOCK_B, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                mk = ks < H
+                x = _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, ks, t, B, T, H, V)
+                if pid == 0:  # every program computes x; one stores it for the backward
+                    tl.store(xs_ptr + rows[:, None] * H + ks[None, :], x, mask=mr[:, None] & mk[None, :])
+                wt = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+                acc += tl.dot(x, wt, input_precision="ieee")
+            z = acc + bias[None, :]
+        else:  # each program stores its own columns of x
+            z = _gather_x(ids_ptr, h_ptr, h_stride, emb_ptr, rows, cols, t, B, T, H, V)
+            tl.store(xs_ptr + rows[:, None] * H + cols[None, :], z, mask=m2)
+        r = tl.where(m2, _relu(z), 0.0)
         tl.store(rs_ptr + rows[:, None] * H + cols[None, :], r, mask=m2)
         if TRAINING:
             n_b = tl.minimum(B - b0, BLOCK_B).to(tl.float32)
@@ -188,7 +198,8 @@ def _fwd_step_kernel(ids_ptr, h_ptr, h_stride, emb_ptr, w_ptr, b_ptr, g_ptr, bet
 
 def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
                             bn_weight: Tensor, bn_bias: Tensor, running_mean: Tensor, running_var: Tensor,
-                            norm_state: bool, training: bool, momentum: float, eps: float
+                            norm_state: bool, training: bool, momentum: float, eps: float,
+                            skip_first_linear: bool = False
                             ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     if h0.dtype != torch.float32:
         raise TypeError(f"zoo_cell: the triton backend computes in float32, got {h0.dtype}")
@@ -208,7 +219,7 @@ def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor
         wrap_triton(_fwd_seq_kernel)[(1,)](
             ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var, out, hT, xs, rs, mean,
             invstd, rm, rv, B, T, H, V, momentum, eps, inv_b, unbias, NORM_STATE=norm_state, TRAINING=training,
-            BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=NUM_WARPS)
+            SKIP_FIRST_LINEAR=skip_first_linear, BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=NUM_WARPS)
         return out, hT, rm, rv, xs, rs, mean, invstd
     rm = running_mean.clone()  # the per-step kernels update these step by step
     rv = running_var.clone()
@@ -226,7 +237,8 @@ def zoo_cell_forward_triton(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor
             ids, h_prev, h_stride, emb, weight, bias, bn_weight, bn_bias, rm, rv,
             out[:, t], xs[t], rs[t], mean[t], invstd[t],
             t, B, T, H, V, momentum, eps, inv_b, unbias,
-            TRAINING=training, BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N, BLOCK_K=32, num_warps=NUM_WARPS)
+            TRAINING=training, LINEAR=not (t == 0 and skip_first_linear), BLOCK_B=BLOCK_B, BLOCK_N=BLOCK_N,
+            BLOCK_K=32, num_warps=NUM_WARPS)
     hT = (out[:, T - 1] if norm_state else rs[T - 1]).clone()
     return out, hT, rm, rv, xs, rs, mean, invstd
 
@@ -250,7 +262,7 @@ def _bn_relu_grad(g, gh_direct, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAI
 @triton.jit
 def _bwd_seq_kernel(gout_ptr, ghT_ptr, w_ptr, g_ptr, rs_ptr, mean_ptr, invstd_ptr,
                     gz_ptr, gx_ptr, gh0_ptr, dgamma_ptr, dbeta_ptr, B, T, H, inv_b,
-                    NORM_STATE: tl.constexpr, TRAINING: tl.constexpr,
+                    NORM_STATE: tl.constexpr, TRAINING: tl.constexpr, SKIP_FIRST_LINEAR: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     rows, cols, m2 = tile(B, H, BLOCK_B, BLOCK_H)  # one program: the whole batch
     mc = cols < H
@@ -279,6 +291,8 @@ def _bwd_seq_kernel(gout_ptr, ghT_ptr, w_ptr, g_ptr, rs_ptr, mean_ptr, invstd_pt
         gz = _bn_relu_grad(g, gh_direct, r, mean, invstd, gamma, sg, sgx, inv_b, m2, TRAINING)
         tl.store(gz_ptr + t * B * H + bh, gz, mask=m2)
         gh = tl.dot(gz, w, input_precision="ieee")  # dx_t = dz_t W = grad of h_{t-1}
+        if SKIP_FIRST_LINEAR:
+            gh = tl.where(t == 0, gz, gh)  # r_0 = ReLU(x_0): dx_0 = dz_0
         tl.store(gx_ptr + t * B * H + bh, gh, mask=m2)
     tl.store(gh0_ptr + bh, gh, mask=m2)
     tl.store(dgamma_ptr + cols, dgamma, mask=mc)
@@ -342,7 +356,7 @@ def _segment_sum_kernel(src_ptr, order_ptr, offsets_ptr, dst_ptr, H, BLOCK_H: tl
 
 def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vocab_size: int, weight: Tensor,
                              bn_weight: Tensor, xs: Tensor, rs: Tensor, mean: Tensor, invstd: Tensor,
-                             norm_state: bool, training: bool
+                             norm_state: bool, training: bool, skip_first_linear: bool = False
                              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, H = xs.shape
     gz = xs.new_empty(T, B, H)
@@ -354,7 +368,7 @@ def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vo
         gh0 = xs.new_empty(B, H)
         wrap_triton(_bwd_seq_kernel)[(1,)](
             grad_out, grad_h_T, weight, bn_weight, rs, mean, invstd, gz, gx, gh0, dgamma, dbeta,
-            B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
+            B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training, SKIP_FIRST_LINEAR=skip_first_linear,
             BLOCK_B=_pow2(B), BLOCK_H=_pow2(H), num_warps=NUM_WARPS)
     else:
         BLOCK_N = 32
@@ -365,11 +379,15 @@ def zoo_cell_backward_triton(grad_out: Tensor, grad_h_T: Tensor, ids: Tensor, vo
                 grad_out[:, t], gh, rs[t], mean[t], invstd[t], bn_weight, gz[t], dgamma, dbeta,
                 B, T, H, inv_b, NORM_STATE=norm_state, TRAINING=training,
                 BLOCK_B=min(_pow2(B), STEP_BLOCK_B), BLOCK_N=BLOCK_N, num_warps=NUM_WARPS)
-            torch.mm(gz[t], weight, out=gx[t])
+            if t == 0 and skip_first_linear:
+                gx[0].copy_(gz[0])
+            else:
+                torch.mm(gz[t], weight, out=gx[t])
         gh0 = gx[0].clone()
-    # After the loop: the large reductions over all T*B rows.
-    grad_w = torch.mm(gz.view(T * B, H).t(), xs.view(T * B, H))
-    grad_b = gz.sum((0, 1))
+    # After the loop: the large reductions over all T*B rows (from step 1 on with skip_first_linear).
+    first = 1 if skip_first_linear else 0
+    grad_w = torch.mm(gz[first:].reshape(-1, H).t(), xs[first:].reshape(-1, H))
+    grad_b = gz[first:].sum((0, 1))
     flat = ids.t().reshape(-1)  # time-major, like gx's rows
     sorted_ids, order = torch.sort(flat, stable=True)
     offsets = torch.searchsorted(sorted_ids, torch.arange(vocab_size + 1, device=ids.device, dtype=ids.dtype))

@@ -24,7 +24,8 @@ def zoo_cell_cases(draw, max_b=9, max_t=6, max_h=40):
     return dict(B=draw(st.integers(2 if training else 1, max_b)), T=1 if step else draw(st.integers(1, max_t)),
                 H=draw(st.integers(1, max_h)), V=draw(st.integers(1, 12)), norm_state=draw(st.booleans()),
                 training=training, step=step, momentum=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
-                eps=draw(st.sampled_from([1e-5, 1e-3])), seed=draw(SEEDS))
+                eps=draw(st.sampled_from([1e-5, 1e-3])), seed=draw(SEEDS),
+                skip_first_linear=not step and draw(st.booleans()))
 
 
 @st.composite

@@ -370,10 +370,11 @@ def zoo_inputs(B, H, T, dtype, V=11, seed=0):
 @pytest.mark.parametrize("B,H,dtype,path", ZOO_CASES, ids=[f"B{b}-H{h}-{str(d)[6:]}-{p}" for b, h, d, p in ZOO_CASES])
 @pytest.mark.parametrize("norm_state", [True, False], ids=["normstate", "normout"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_zoo_cell(emu, B, H, dtype, path, norm_state, training):
+@pytest.mark.parametrize("skip_first_linear", [False, True], ids=["", "skip_first_linear"])
+def test_zoo_cell(emu, B, H, dtype, path, norm_state, training, skip_first_linear):
     T = 4
     ids, floats, (grad_out, grad_h) = zoo_inputs(B, H, T, dtype)
-    args = (norm_state, training, 0.1, 1e-5)
+    args = (norm_state, training, 0.1, 1e-5, skip_first_linear)
     fwd = both_orders(emu, lambda: emu.zoo_cell_forward(ids, *floats, *args))
     want = torch.ops.hnrnn.zoo_cell_forward(ids, *floats, *args)
     tol = 1e-11 if dtype == torch.float64 else 1e-4
@@ -382,9 +383,10 @@ def test_zoo_cell(emu, B, H, dtype, path, norm_state, training):
     weight, bn_weight = floats[2], floats[4]
     saved = fwd[4:]  # xs, rs, mean, invstd
     bwd = both_orders(emu, lambda: emu.zoo_cell_backward(grad_out, grad_h, ids, floats[1].shape[0], weight,
-                                                         bn_weight, *saved, norm_state, training))
+                                                         bn_weight, *saved, norm_state, training,
+                                                         skip_first_linear))
     want = torch.ops.hnrnn.zoo_cell_backward(grad_out, grad_h, ids, floats[1].shape[0], weight, bn_weight, *saved,
-                                             norm_state, training)
+                                             norm_state, training, skip_first_linear)
     assert_close_all(bwd, want, ["d h0", "d emb", "d weight", "d bias", "d bn_weight", "d bn_bias"], tol)
 
 
@@ -395,7 +397,7 @@ def test_zoo_cell_id_out_of_range_reads_nan(emu, B, H):
     other rows are untouched (eval: no batch statistics to spread it), nothing is read out of bounds."""
     T, V = 4, 11
     ids, floats, _ = zoo_inputs(B, H, T, torch.float32, V=V)
-    args = (False, False, 0.1, 1e-5)  # normalised output, eval
+    args = (False, False, 0.1, 1e-5, False)  # normalised output, eval
     bad = ids.clone()
     bad[1, 2] = V
     out = emu.zoo_cell_forward(bad, *floats, *args)[0]

@@ -110,12 +110,12 @@ def _recurrence(kind, dtype, B, H, T=2, packed_reverse=True):
         rnn.rnn_backward(out, h_n, ws, w, True, packed_reverse, lengths)
 
 
-def _zoo(B, H, T=2, V=39):
+def _zoo(B, H, T=2, V=39, skip_first_linear=False):
     ids = torch.randint(0, V, (B, T))
     h0, emb, w, v = torch.randn(B, H), torch.randn(V, H), torch.randn(H, H), torch.rand(H) + 0.5
     out, h_T, _, _, xs, rs, mean, invstd = zoo_cell.zoo_cell_forward_triton(ids, h0, emb, w, v, v, v, v, v, True,
-                                                                             True, 0.1, 1e-5)
-    zoo_cell.zoo_cell_backward_triton(out, h_T, ids, V, w, v, xs, rs, mean, invstd, True, True)
+                                                                             True, 0.1, 1e-5, skip_first_linear)
+    zoo_cell.zoo_cell_backward_triton(out, h_T, ids, V, w, v, xs, rs, mean, invstd, True, True, skip_first_linear)
 
 
 _DTYPE_OF_SIZE = {2: torch.bfloat16, 4: torch.float32, 8: torch.float64}
@@ -132,7 +132,9 @@ CASES.update({
     "gru-per-step-float64": lambda: _recurrence("gru", torch.float64, 64, 300),
     "rnn-per-step-float32": lambda: _recurrence("rnn", torch.float32, 64, 300),
     "zoo-seed": lambda: _zoo(64, 64, T=3),
+    "zoo-seed-model0": lambda: _zoo(64, 64, T=3, skip_first_linear=True),
     "zoo-per-step-B256-H1024": lambda: _zoo(256, 1024),
+    "zoo-per-step-B256-H1024-skip-first-linear": lambda: _zoo(256, 1024, skip_first_linear=True),
 })
 # the zoo cell's one-program kernels at the corners of use_sequence_kernel: the largest batch per H
 for _H in (16, 32, 64, 128):

@@ -25,6 +25,13 @@ def test_gpu_backends_match_reference(backend, B, T, H, norm_state, training):
 
 
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("norm_state,training", MODES)
+@pytest.mark.parametrize("B,T,H", [(3, 1, 7), (64, 3, 64), (256, 5, 300)])  # persistent and per-step paths
+def test_gpu_skip_first_linear(backend, B, T, H, norm_state, training):
+    check_backend(backend, B, T, H, norm_state, training, device="cuda", skip_first_linear=True)
+
+
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_gpu_batch_of_one_in_eval(backend):
     for norm_state in (True, False):
         check_backend(backend, 1, 4, 9, norm_state, False, device="cuda")
@@ -52,8 +59,8 @@ def test_gpu_opcheck():
     from hnrnn.ops.zoo_cell import _triton_forward_op
     ids, f64 = make_inputs(5, 3, 20, device="cuda")
     f32 = [f.float().requires_grad_(i < 6) for i, f in enumerate(f64)]
-    for norm_state, training in MODES:
-        args = (ids, *f32, norm_state, training, 0.1, 1e-5)
+    for (norm_state, training), skip in [(mode, False) for mode in MODES] + [(MODES[0], True)]:
+        args = (ids, *f32, norm_state, training, 0.1, 1e-5, skip)
         torch.library.opcheck(torch.ops.hnrnn.zoo_cell_forward.default, args)
         torch.library.opcheck(_triton_forward_op(), args)
 

@@ -30,6 +30,16 @@ def test_triton_matches_reference_and_seed_loop(kernels, B, T, H, norm_state, tr
     check_backend("triton", B, T, H, norm_state, training)
 
 
+@pytest.mark.parametrize("force_step", [False, True])
+@pytest.mark.parametrize("norm_state,training", MODES)
+@pytest.mark.parametrize("B,T,H", [(3, 1, 7), (40, 3, 20)])
+def test_triton_skip_first_linear(kernels, B, T, H, norm_state, training, force_step):
+    # Model0's first step (no linear layer) on both paths; at T = 1 the weight gets no gradient
+    kernels.FORCE_STEP_PATH = force_step
+    kernels.STEP_BLOCK_B = 16
+    check_backend("triton", B, T, H, norm_state, training, skip_first_linear=True)
+
+
 @pytest.mark.parametrize("norm_state,training", MODES)
 def test_triton_step_path_with_several_row_blocks(kernels, norm_state, training):
     kernels.FORCE_STEP_PATH = True
@@ -100,11 +110,12 @@ def test_triton_opcheck_schema_and_autograd():
     from hnrnn.ops.zoo_cell import _triton_forward_op
     ids, f64 = make_inputs(3, 2, 5)
     f32 = [f.float().requires_grad_(i < 6) for i, f in enumerate(f64)]
-    torch.library.opcheck(_triton_forward_op(), (ids, *f32, True, True, 0.1, 1e-5),
-                          test_utils=("test_schema", "test_autograd_registration"))
+    for skip in (False, True):
+        torch.library.opcheck(_triton_forward_op(), (ids, *f32, True, True, 0.1, 1e-5, skip),
+                              test_utils=("test_schema", "test_autograd_registration"))
 
 
-@pytest.mark.parametrize("name", ["Model1", "Model3"])
+@pytest.mark.parametrize("name", ["Model0", "Model1", "Model3"])
 def test_zoo_models_on_triton_match_eager(name):
     # The zoo on the triton backend trains like the seed's code (float32; two training batches).
     from hnrnn.zoo import MODELS
@@ -112,7 +123,7 @@ def test_zoo_models_on_triton_match_eager(name):
     eager = MODELS[name](backend="eager", hidden_size=16)
     fused_m = MODELS[name](backend="triton", hidden_size=16)
     fused_m.load_state_dict(eager.state_dict())
-    T = 3 if name == "Model1" else 5
+    T = 3 if name in ("Model0", "Model1") else 5
     for _ in range(2):
         x = torch.randint(0, 39, (8, T))
         losses = []

@@ -22,20 +22,22 @@ def make_inputs(B, T, H, V=11, dtype=torch.float64, seed=0, device="cpu"):
 
 def run(fn, ids, floats, norm_state, training, grad_seed=1, **kw):
     """Calls an entry point; returns (out, h_T, rm, rv) and the gradients of the six differentiable
-    inputs of the loss sum(out * A) + sum(h_T * C), A and C fixed random."""
+    inputs of the loss sum(out * A) + sum(h_T * C), A and C fixed random (zeros for an input the
+    loss does not use: the weight and bias with skip_first_linear at T = 1, where the ops give zeros)."""
     leaves = [f.detach().clone().requires_grad_(i < 6) for i, f in enumerate(floats)]
     out, h, rm, rv = fn(ids, *leaves, norm_state, training, **kw)
     g = torch.Generator().manual_seed(grad_seed)
     A = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
     C = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
-    grads = torch.autograd.grad((out * A).sum() + (h * C).sum(), leaves[:6])
+    grads = torch.autograd.grad((out * A).sum() + (h * C).sum(), leaves[:6], materialize_grads=True)
     return [out.detach(), h.detach(), rm, rv], list(grads)
 
 
-def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_seed=1):
+def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_seed=1, skip_first_linear=False):
     """The lesson's loop with real modules (nn.Embedding, nn.Linear, nn.BatchNorm1d called once per
     step, which updates its own running statistics); same return convention as `run`. 1-D ids:
-    one step, with the step op's (B, H) output."""
+    one step, with the step op's (B, H) output. skip_first_linear: the first step without the
+    linear layer, as the seed's Model0 (`bn(relu(i_h(x[:, 0])))`)."""
     step = ids.dim() == 1
     if step:
         ids = ids[:, None]
@@ -57,7 +59,7 @@ def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_se
     h, res = h0, []
     for i in range(ids.shape[1]):
         h = h + i_h(ids[:, i])
-        r = F.relu(h_h(h))
+        r = F.relu(h if skip_first_linear and i == 0 else h_h(h))
         o = bn(r)
         res.append(o)
         h = o if norm_state else r
@@ -66,7 +68,7 @@ def seed_loop(ids, floats, norm_state, training, momentum=0.1, eps=1e-5, grad_se
     A = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
     C = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h)
     leaves = [h0, i_h.weight, h_h.weight, h_h.bias, bn.weight, bn.bias]
-    grads = torch.autograd.grad((out * A).sum() + (h * C).sum(), leaves)
+    grads = torch.autograd.grad((out * A).sum() + (h * C).sum(), leaves, materialize_grads=True)
     return [out.detach(), h.detach(), bn.running_mean.clone(), bn.running_var.clone()], list(grads)
 
 
@@ -97,13 +99,15 @@ def max_errors(got, want):
 
 
 def check_backend(backend, B, T, H, norm_state, training, V=11, device="cpu", step=False,
-                  dtypes=(torch.float64, torch.float32), seed=0, momentum=0.1, eps=1e-5):
+                  dtypes=(torch.float64, torch.float32), seed=0, momentum=0.1, eps=1e-5, skip_first_linear=False):
     """`backend` against the float64 reference and the seed loop, in each of `dtypes` (Triton:
     float32 only). step: the single-step op (T must be 1)."""
     ids, f64 = make_inputs(B, T, H, V=V, device=device, seed=seed)
     if step:
         ids = ids[:, 0]
     bn = dict(momentum=momentum, eps=eps)
+    if skip_first_linear:  # (a keyword of the sequence op only)
+        bn["skip_first_linear"] = True
     truth = run(reference_fn, ids, f64, norm_state, training, **bn)
     what = f"{backend} B={B} T={T} H={H} V={V} norm_state={norm_state} training={training} step={step} {bn}"
     if backend != "triton" and torch.float64 in dtypes:  # the float64 kernels (cpu, cuda) agree to rounding

@@ -1,7 +1,8 @@
 // CPU kernels of the zoo cell (hnrnn::zoo_cell_forward / zoo_cell_backward).
 //
 // Forward, per step: one gather-add pass (x = h + E[ids]), one small GEMM (small_gemm.h: at
-// 64 x 64 a BLAS call costs more in threading and dispatch than in arithmetic), one pass for
+// 64 x 64 a BLAS call costs more in threading and dispatch than in arithmetic; none at step 0
+// with skip_first_linear, where r = ReLU(x), and dx = dz there in backward), one pass for
 // ReLU + column sums, one for the variance, one that normalises into `out`. Backward, per
 // step: one pass for the BN column sums, one that writes dz, one GEMM dx = dz W; after the
 // loop dW = dZ^T X is a single GEMM over all T*B rows (its output rows split across threads),
@@ -123,7 +124,7 @@ struct ForwardArgs {
   const int64_t* ids;
   const scalar_t *h0, *E, *W_t, *bias, *gamma, *beta, *rm_in, *rv_in;
   scalar_t *rm, *rv;
-  bool norm_state, training;
+  bool norm_state, training, skip_first_linear;
   scalar_t momentum, eps;
   int64_t B, T, H, blocks;
   scalar_t *out, *hT, *xs, *rs, *mean, *invstd;
@@ -154,7 +155,10 @@ HNRNN_INLINE void forward_rows(const ForwardArgs<scalar_t>& a, int64_t thread, i
     for (int64_t b = b0; b < b1; ++b) {
       row_gather(x + b * H, r + b * H, hp + b * hs, a.E + a.ids[b * T + t] * H, a.bias, H);
     }
-    hnrnn::cpu::small_gemm(b1 - b0, H, H, x + b0 * H, H, 1, a.W_t, H, r + b0 * H, H, true);  // r = b + x W^T
+    if (t == 0 && a.skip_first_linear)
+      std::copy(x + b0 * H, x + b1 * H, r + b0 * H);  // r = x
+    else
+      hnrnn::cpu::small_gemm(b1 - b0, H, H, x + b0 * H, H, 1, a.W_t, H, r + b0 * H, H, true);  // r = b + x W^T
     if (a.training) {
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         scalar_t* p = a.part_sum + blk * H;
@@ -221,7 +225,8 @@ template <typename scalar_t>
 HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const scalar_t* E, const scalar_t* W,
                     const scalar_t* bias, const scalar_t* gamma, const scalar_t* beta, const scalar_t* rm_in,
                     const scalar_t* rv_in, scalar_t* rm, scalar_t* rv, bool norm_state, bool training,
-                    double momentum, double eps, int64_t B, int64_t T, int64_t H, scalar_t* out, scalar_t* hT,
+                    bool skip_first_linear, double momentum, double eps, int64_t B, int64_t T, int64_t H,
+                    scalar_t* out, scalar_t* hT,
                     scalar_t* xs, scalar_t* rs, scalar_t* mean, scalar_t* invstd) {
   const int64_t blocks = (B + hnrnn::cpu::kRowsPerTask - 1) / hnrnn::cpu::kRowsPerTask;
   std::vector<scalar_t> shared(H * H + 2 * blocks * H);
@@ -231,7 +236,7 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
   std::copy(rm_in, rm_in + H, rm);
   std::copy(rv_in, rv_in + H, rv);
   const ForwardArgs<scalar_t> args{ids, h0, E, W_t, bias, gamma, beta, rm_in, rv_in, rm, rv, norm_state, training,
-                                   static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), B, T, H, blocks,
+                                   skip_first_linear, static_cast<scalar_t>(momentum), static_cast<scalar_t>(eps), B, T, H, blocks,
                                    out, hT, xs, rs, mean, invstd, W_t + H * H, W_t + H * H + blocks * H};
   hnrnn::cpu::run_team(team_for(B, H), [&](int64_t thread, int64_t threads) {
     run_forward_rows(args, thread, threads);
@@ -243,11 +248,11 @@ HNRNN_INLINE void forward_kernel(const int64_t* ids, const scalar_t* h0, const s
 HNRNN_CPU_CLONES void forward_kernel_f32(const int64_t* ids, const float* h0, const float* E, const float* W,
                                          const float* bias, const float* gamma, const float* beta,
                                          const float* rm_in, const float* rv_in, float* rm, float* rv,
-                                         bool norm_state, bool training, double momentum, double eps,
-                                         int64_t B, int64_t T, int64_t H, float* out, float* hT, float* xs,
-                                         float* rs, float* mean, float* invstd) {
-  forward_kernel<float>(ids, h0, E, W, bias, gamma, beta, rm_in, rv_in, rm, rv, norm_state, training, momentum,
-                        eps, B, T, H, out, hT, xs, rs, mean, invstd);
+                                         bool norm_state, bool training, bool skip_first_linear, double momentum,
+                                         double eps, int64_t B, int64_t T, int64_t H, float* out, float* hT,
+                                         float* xs, float* rs, float* mean, float* invstd) {
+  forward_kernel<float>(ids, h0, E, W, bias, gamma, beta, rm_in, rv_in, rm, rv, norm_state, training,
+                        skip_first_linear, momentum, eps, B, T, H, out, hT, xs, rs, mean, invstd);
 }
 inline auto forward_for(float*) { return &forward_kernel_f32; }
 inline auto forward_for(double*) { return &forward_kernel<double>; }
@@ -255,7 +260,7 @@ inline auto forward_for(double*) { return &forward_kernel<double>; }
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_forward_cpu(
     const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
-    bool norm_state, bool training, double momentum, double eps) {
+    bool norm_state, bool training, double momentum, double eps, bool skip_first_linear) {
   hnrnn::zoo::check_forward_inputs(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                    training);
   const int64_t B = ids.size(0), T = ids.size(1), H = h0.size(1), V = emb.size(0);
@@ -274,7 +279,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
                              bn_weight.data_ptr<scalar_t>(), bn_bias.data_ptr<scalar_t>(),
                              running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(),
                              rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>(), norm_state, training,
-                             momentum, eps, B, T, H, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(),
+                             skip_first_linear, momentum, eps, B, T, H, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(),
                              xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
                              invstd.data_ptr<scalar_t>());
   });
@@ -286,7 +291,7 @@ template <typename scalar_t>
 struct BackwardArgs {
   const scalar_t *gout, *ghT;
   const scalar_t *W, *gamma, *rs, *mean, *invstd;
-  bool norm_state, training;
+  bool norm_state, training, skip_first_linear;
   int64_t B, T, H, blocks;
   scalar_t *gz, *gx, *ggamma, *gbeta;
   scalar_t* gtot;   // gradient reaching out_t (B x H)
@@ -355,7 +360,10 @@ HNRNN_INLINE void backward_rows(const BackwardArgs<scalar_t>& a, int64_t thread,
     else if (a.training) dz_rows(std::true_type{}, std::true_type{});
     else dz_rows(std::true_type{}, std::false_type{});
     scalar_t* gx_t = a.gx + t * B * H;
-    hnrnn::cpu::small_gemm(b1 - b0, H, H, gz_t + b0 * H, H, 1, a.W, H, gx_t + b0 * H, H, false);  // dx_t = dz_t W
+    if (t == 0 && a.skip_first_linear)
+      std::copy(gz_t + b0 * H, gz_t + b1 * H, gx_t + b0 * H);  // r_0 = ReLU(x_0): dx_0 = dz_0
+    else
+      hnrnn::cpu::small_gemm(b1 - b0, H, H, gz_t + b0 * H, H, 1, a.W, H, gx_t + b0 * H, H, false);  // dx_t = dz_t W
     gh = gx_t;  // h_{t-1} enters x_t with coefficient 1
   }
 }
@@ -370,26 +378,30 @@ void run_backward_rows(const BackwardArgs<double>& a, int64_t thread, int64_t th
 template <typename scalar_t>
 HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, const int64_t* ids, const scalar_t* W,
                      const scalar_t* gamma, const scalar_t* xs, const scalar_t* rs, const scalar_t* mean,
-                     const scalar_t* invstd, bool norm_state, bool training, int64_t B, int64_t T,
-                     int64_t H, scalar_t* gz, scalar_t* gx, scalar_t* gh0, scalar_t* gE, scalar_t* gW,
-                     scalar_t* gb, scalar_t* ggamma, scalar_t* gbeta) {
+                     const scalar_t* invstd, bool norm_state, bool training, bool skip_first_linear,
+                     int64_t B, int64_t T, int64_t H, scalar_t* gz, scalar_t* gx, scalar_t* gh0, scalar_t* gE,
+                     scalar_t* gW, scalar_t* gb, scalar_t* ggamma, scalar_t* gbeta) {
   const int64_t blocks = (B + hnrnn::cpu::kRowsPerTask - 1) / hnrnn::cpu::kRowsPerTask;
   std::vector<scalar_t> buf(B * H + 2 * blocks * 2 * H);
   std::fill(ggamma, ggamma + H, scalar_t(0));
   std::fill(gbeta, gbeta + H, scalar_t(0));
-  const BackwardArgs<scalar_t> args{gout, ghT, W, gamma, rs, mean, invstd, norm_state, training, B, T, H, blocks,
+  const BackwardArgs<scalar_t> args{gout, ghT, W, gamma, rs, mean, invstd, norm_state, training, skip_first_linear,
+                                    B, T, H, blocks,
                                     gz, gx, ggamma, gbeta, buf.data(), buf.data() + B * H};
   hnrnn::cpu::run_team(team_for(B, H), [&](int64_t thread, int64_t threads) {
     run_backward_rows(args, thread, threads);
   });
   std::copy(gx, gx + B * H, gh0);
-  // dW = sum_t dz_t^T x_t over all T*B rows at once (A = dZ^T: a stride swap); each thread
-  // owns whole output rows, so the sums do not depend on the thread count.
+  // dW = sum_t dz_t^T x_t over all T*B rows at once (A = dZ^T: a stride swap), from step 1 on
+  // with skip_first_linear (step 0 has no linear layer); each thread owns whole output rows, so
+  // the sums do not depend on the thread count.
+  const int64_t first = skip_first_linear ? B : 0;  // the first row of a step with a linear layer
   at::parallel_for(0, H, 16, [&](int64_t m0, int64_t m1) {
-    hnrnn::cpu::small_gemm(m1 - m0, H, T * B, gz + m0, 1, H, xs, H, gW + m0 * H, H, false);
+    hnrnn::cpu::small_gemm(m1 - m0, H, T * B - first, gz + first * H + m0, 1, H, xs + first * H, H, gW + m0 * H, H,
+                           false);
   });
   std::fill(gb, gb + H, scalar_t(0));
-  for (int64_t i = 0; i < T * B; ++i) row_add(gb, gz + i * H, H);
+  for (int64_t i = first; i < T * B; ++i) row_add(gb, gz + i * H, H);
   // dE[ids[b, t]] += dx_t[b], in a fixed order.
   for (int64_t t = 0; t < T; ++t)
     for (int64_t b = 0; b < B; ++b) row_add(gE + ids[b * T + t] * H, gx + (t * B + b) * H, H);
@@ -397,11 +409,12 @@ HNRNN_INLINE void backward_kernel(const scalar_t* gout, const scalar_t* ghT, con
 
 HNRNN_CPU_CLONES void backward_kernel_f32(const float* gout, const float* ghT, const int64_t* ids, const float* W,
                                           const float* gamma, const float* xs, const float* rs, const float* mean,
-                                          const float* invstd, bool norm_state, bool training, int64_t B, int64_t T,
-                                          int64_t H, float* gz, float* gx, float* gh0, float* gE, float* gW,
-                                          float* gb, float* ggamma, float* gbeta) {
-  backward_kernel<float>(gout, ghT, ids, W, gamma, xs, rs, mean, invstd, norm_state, training, B, T, H, gz, gx,
-                         gh0, gE, gW, gb, ggamma, gbeta);
+                                          const float* invstd, bool norm_state, bool training,
+                                          bool skip_first_linear, int64_t B, int64_t T, int64_t H, float* gz,
+                                          float* gx, float* gh0, float* gE, float* gW, float* gb, float* ggamma,
+                                          float* gbeta) {
+  backward_kernel<float>(gout, ghT, ids, W, gamma, xs, rs, mean, invstd, norm_state, training, skip_first_linear,
+                         B, T, H, gz, gx, gh0, gE, gW, gb, ggamma, gbeta);
 }
 inline auto backward_for(float*) { return &backward_kernel_f32; }
 inline auto backward_for(double*) { return &backward_kernel<double>; }
@@ -409,7 +422,7 @@ inline auto backward_for(double*) { return &backward_kernel<double>; }
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu(
     const Tensor& grad_out, const Tensor& grad_hT, const Tensor& ids, int64_t vocab_size, const Tensor& weight,
     const Tensor& bn_weight, const Tensor& xs, const Tensor& rs, const Tensor& mean, const Tensor& invstd,
-    bool norm_state, bool training) {
+    bool norm_state, bool training, bool skip_first_linear) {
   hnrnn::zoo::check_backward_inputs(grad_out, grad_hT, ids, weight, bn_weight, xs, rs, mean, invstd);
   const int64_t B = ids.size(0), T = ids.size(1), H = weight.size(0);
   check_ids(ids, vocab_size);
@@ -426,7 +439,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cpu
     backward_for(static_cast<scalar_t*>(nullptr))(grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), ids.data_ptr<int64_t>(),
                               weight.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(),
                               rs.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(),
-                              norm_state, training, B, T, H, gz.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
+                              norm_state, training, skip_first_linear, B, T, H, gz.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
                               gh0.data_ptr<scalar_t>(), gE.data_ptr<scalar_t>(), gW.data_ptr<scalar_t>(),
                               gb.data_ptr<scalar_t>(), ggamma.data_ptr<scalar_t>(), gbeta.data_ptr<scalar_t>());
   });

@@ -9,6 +9,8 @@
 // one fused BatchNorm/ReLU-backward kernel plus one GEMM dx = dz W.
 // Both: after the backward loop dW = dZ^T X is one GEMM over all T*B rows, db a column sum, and
 // dE a segment sum over the ids sorted once (no atomics: the same bits every run).
+// skip_first_linear (the lesson's Model0): step 0 has no linear layer, r_0 = ReLU(x_0), so
+// dx_0 = dz_0 and dW, db sum over the steps from 1.
 // Out-of-range ids (only when the entry point's host check was skipped, under torch.compile)
 // read a NaN embedding row: never memory out of bounds, never a device-side assert.
 #include <torch/extension.h>
@@ -69,8 +71,8 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_persistent_kernel(
     const int64_t* __restrict__ ids, const scalar_t* __restrict__ h0, const scalar_t* __restrict__ E,
     const scalar_t* __restrict__ W, const scalar_t* __restrict__ bias, const scalar_t* __restrict__ gamma,
     const scalar_t* __restrict__ beta, const scalar_t* __restrict__ rm_in, const scalar_t* __restrict__ rv_in,
-    bool norm_state, bool training, scalar_t momentum, scalar_t eps, int B, int T, int H, int64_t V,
-    scalar_t* __restrict__ out, scalar_t* __restrict__ hT, scalar_t* __restrict__ xs, scalar_t* __restrict__ rs,
+    bool norm_state, bool training, bool skip_first_linear, scalar_t momentum, scalar_t eps, int B, int T, int H,
+    int64_t V, scalar_t* __restrict__ out, scalar_t* __restrict__ hT, scalar_t* __restrict__ xs, scalar_t* __restrict__ rs,
     scalar_t* __restrict__ mean_g, scalar_t* __restrict__ invstd_g, scalar_t* __restrict__ rm_out,
     scalar_t* __restrict__ rv_out) {
   scalar_t* Wt = cuda::dynamic_shared<scalar_t>();       // Wt[k * H + j] = W[j][k]
@@ -98,7 +100,11 @@ __global__ void __launch_bounds__(kThreads, 1) fwd_persistent_kernel(
       xs[static_cast<int64_t>(t) * BH + i] = v;
     }
     __syncthreads();
-    block_matmul<scalar_t>(x, Wt, B, H, [&](int b, int j, scalar_t acc) { r[b * H + j] = zc::relu(acc + bias[j]); });
+    if (t == 0 && skip_first_linear) {
+      for (int i = tid; i < BH; i += nt) r[i] = zc::relu(x[i]);
+    } else {
+      block_matmul<scalar_t>(x, Wt, B, H, [&](int b, int j, scalar_t acc) { r[b * H + j] = zc::relu(acc + bias[j]); });
+    }
     __syncthreads();
     if (training && tid < H) {  // one thread per feature: batch statistics and running update
       const int j = tid;
@@ -220,8 +226,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, 1) bwd_persistent_kernel(
     const scalar_t* __restrict__ gout, const scalar_t* __restrict__ ghT, const scalar_t* __restrict__ W,
     const scalar_t* __restrict__ gamma, const scalar_t* __restrict__ rs, const scalar_t* __restrict__ mean_g,
-    const scalar_t* __restrict__ invstd_g, bool norm_state, bool training, int B, int T, int H,
-    scalar_t* __restrict__ gz_g, scalar_t* __restrict__ gx_g, scalar_t* __restrict__ gh0,
+    const scalar_t* __restrict__ invstd_g, bool norm_state, bool training, bool skip_first_linear, int B, int T,
+    int H, scalar_t* __restrict__ gz_g, scalar_t* __restrict__ gx_g, scalar_t* __restrict__ gh0,
     scalar_t* __restrict__ dgamma, scalar_t* __restrict__ dbeta) {
   scalar_t* Ws = cuda::dynamic_shared<scalar_t>();       // W[j][k], row-major
   scalar_t* g = Ws + H * H;                              // gradient reaching out_t, then dz_t (B x H)
@@ -266,10 +272,17 @@ __global__ void __launch_bounds__(kThreads, 1) bwd_persistent_kernel(
     }
     __syncthreads();
     scalar_t* gx_t = gx_g + static_cast<int64_t>(t) * BH;
-    block_matmul<scalar_t>(g, Ws, B, H, [&](int b, int k, scalar_t acc) {  // dx_t = dz_t W
-      gh[b * H + k] = acc;
-      gx_t[b * H + k] = acc;
-    });
+    if (t == 0 && skip_first_linear) {  // r_0 = ReLU(x_0): dx_0 = dz_0
+      for (int i = tid; i < BH; i += nt) {
+        gh[i] = g[i];
+        gx_t[i] = g[i];
+      }
+    } else {
+      block_matmul<scalar_t>(g, Ws, B, H, [&](int b, int k, scalar_t acc) {  // dx_t = dz_t W
+        gh[b * H + k] = acc;
+        gx_t[b * H + k] = acc;
+      });
+    }
     __syncthreads();
   }
   for (int i = tid; i < BH; i += nt) gh0[i] = gh[i];
@@ -341,7 +354,7 @@ bool use_persistent(int64_t B, int64_t H, size_t elem, int device) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_forward_cuda(
     const Tensor& ids, const Tensor& h0, const Tensor& emb, const Tensor& weight, const Tensor& bias,
     const Tensor& bn_weight, const Tensor& bn_bias, const Tensor& running_mean, const Tensor& running_var,
-    bool norm_state, bool training, double momentum, double eps) {
+    bool norm_state, bool training, double momentum, double eps, bool skip_first_linear) {
   hnrnn::zoo::check_forward_inputs(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
                                    training);
   const int64_t B = ids.size(0), T = ids.size(1), H = h0.size(1), V = emb.size(0);
@@ -364,8 +377,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
           fwd_persistent_kernel<scalar_t>, 1, kThreads, persistent_smem_bytes(B, H, sizeof(scalar_t)), stream,
           ids.data_ptr<int64_t>(), h0.data_ptr<scalar_t>(), emb.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
           bias.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(), bn_bias.data_ptr<scalar_t>(),
-          running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), norm_state, training, mom, ep, B, T,
-          H, V, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
+          running_mean.data_ptr<scalar_t>(), running_var.data_ptr<scalar_t>(), norm_state, training,
+          skip_first_linear, mom, ep, B, T, H, V, out.data_ptr<scalar_t>(), hT.data_ptr<scalar_t>(), xs.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(),
           mean.data_ptr<scalar_t>(), invstd.data_ptr<scalar_t>(), rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>());
       return;
     }
@@ -380,7 +393,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
     const dim3 block(kColsPerBlock, kRowLanes), grid((H + kColsPerBlock - 1) / kColsPerBlock);
     for (int64_t t = 0; t < T; ++t) {
       auto r_t = rs.select(0, t);
-      at::addmm_out(r_t, bias, xs.select(0, t), wt);  // cuBLAS
+      if (t == 0 && skip_first_linear)
+        r_t.copy_(xs.select(0, 0));
+      else
+        at::addmm_out(r_t, bias, xs.select(0, t), wt);  // cuBLAS
       cuda::launch(
           fwd_step_kernel<scalar_t>, grid, block, 0, stream, ids.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), bn_weight.data_ptr<scalar_t>(),
           bn_bias.data_ptr<scalar_t>(), rm.data_ptr<scalar_t>(), rv.data_ptr<scalar_t>(), norm_state, training, mom,
@@ -396,7 +412,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_c
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cuda(
     const Tensor& grad_out, const Tensor& grad_hT, const Tensor& ids, int64_t vocab_size, const Tensor& weight,
     const Tensor& bn_weight, const Tensor& xs, const Tensor& rs, const Tensor& mean, const Tensor& invstd,
-    bool norm_state, bool training) {
+    bool norm_state, bool training, bool skip_first_linear) {
   hnrnn::zoo::check_backward_inputs(grad_out, grad_hT, ids, weight, bn_weight, xs, rs, mean, invstd);
   const int64_t B = ids.size(0), T = ids.size(1), H = weight.size(0);
   const cuda::DeviceGuard guard(weight.device());
@@ -414,7 +430,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
           bwd_persistent_kernel<scalar_t>, 1, kThreads, persistent_smem_bytes(B, H, sizeof(scalar_t)), stream,
           grad_out.data_ptr<scalar_t>(), grad_hT.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
           bn_weight.data_ptr<scalar_t>(), rs.data_ptr<scalar_t>(), mean.data_ptr<scalar_t>(),
-          invstd.data_ptr<scalar_t>(), norm_state, training, B, T, H, gz.data_ptr<scalar_t>(),
+          invstd.data_ptr<scalar_t>(), norm_state, training, skip_first_linear, B, T, H, gz.data_ptr<scalar_t>(),
           gx.data_ptr<scalar_t>(), gh0.data_ptr<scalar_t>(), dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>());
       return;
     }
@@ -427,13 +443,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> zoo_cell_backward_cud
           training, t, B, T, H, gz.select(0, t).data_ptr<scalar_t>(), dgamma.data_ptr<scalar_t>(),
           dbeta.data_ptr<scalar_t>());
       auto gx_t = gx.select(0, t);
-      at::mm_out(gx_t, gz.select(0, t), weight);  // dx_t = dz_t W (cuBLAS)
+      if (t == 0 && skip_first_linear)
+        gx_t.copy_(gz.select(0, 0));
+      else
+        at::mm_out(gx_t, gz.select(0, t), weight);  // dx_t = dz_t W (cuBLAS)
     }
     gh0 = gx.select(0, 0).clone();
   });
-  // After the loop: the reductions over all T*B rows.
-  auto grad_w = at::mm(gz.view({T * B, H}).t(), xs.view({T * B, H}));
-  auto grad_b = gz.sum(at::IntArrayRef({0, 1}));
+  // After the loop: the reductions over all T*B rows (from step 1 on with skip_first_linear).
+  const int64_t first = skip_first_linear ? 1 : 0;
+  const int64_t rows = (T - first) * B;
+  auto grad_w = at::mm(gz.narrow(0, first, T - first).view({rows, H}).t(), xs.narrow(0, first, T - first).view({rows, H}));
+  auto grad_b = gz.narrow(0, first, T - first).sum(at::IntArrayRef({0, 1}));
   auto flat = ids.t().reshape({-1});  // time-major, like gx's rows
   auto sorted = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   auto offsets = at::searchsorted(std::get<0>(sorted), at::arange(vocab_size + 1, ids.options()));

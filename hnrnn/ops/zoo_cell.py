@@ -5,6 +5,10 @@
     out_t = BatchNorm1d(r_t)          (over the batch, once per step, as nn.BatchNorm1d)
     h_t   = out_t if norm_state else r_t
 
+skip_first_linear (zoo_cell_sequence only): step 0 has no linear layer, r_0 = ReLU(h0 + E[ids_0]),
+the first of the lesson's Model0's three steps (`bn(relu(i_h(x[:, 0])))`, with h0 = 0), so Model0
+runs as one op.
+
 Entry points: :func:`zoo_cell_sequence` (the time loop inside one op) and :func:`zoo_cell_step`.
 Both are functional like :mod:`hnrnn.reference`: updated running statistics come back as new
 tensors (in eval the inputs come back unchanged).
@@ -49,7 +53,7 @@ _FLOAT_NAMES = ("h0", "emb", "weight", "bias", "bn_weight", "bn_bias", "running_
 # ---------------------------------------------------------------------------------------------
 
 def _forward_fake(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var,
-                  norm_state, training, momentum, eps):
+                  norm_state, training, momentum, eps, skip_first_linear=False):
     B, T = ids.shape
     H = h0.shape[1]
     return (h0.new_empty(B, T, H), h0.new_empty(B, H), running_mean.new_empty(H),
@@ -58,7 +62,7 @@ def _forward_fake(ids, h0, emb, weight, bias, bn_weight, bn_bias, running_mean, 
 
 
 def _backward_fake(grad_out, grad_h_T, ids, vocab_size, weight, bn_weight, xs, rs, mean, invstd,
-                   norm_state, training):
+                   norm_state, training, skip_first_linear=False):
     B = ids.shape[0]
     H = weight.shape[0]
     return (weight.new_empty(B, H), weight.new_empty(vocab_size, H), weight.new_empty(H, H),
@@ -66,12 +70,13 @@ def _backward_fake(grad_out, grad_h_T, ids, vocab_size, weight, bn_weight, xs, r
 
 
 def _setup_context(ctx, inputs, output):
-    ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, norm_state, training, momentum, eps = inputs
+    ids, h0, emb, weight, bias, bn_weight, bn_bias, rm, rv, norm_state, training, momentum, eps, skip = inputs
     out, h_T, new_rm, new_rv, xs, rs, mean, invstd = output
     ctx.save_for_backward(ids, weight, bn_weight, xs, rs, mean, invstd)
     ctx.vocab_size = emb.shape[0]
     ctx.norm_state = norm_state
     ctx.training = training
+    ctx.skip_first_linear = skip
     ctx.mark_non_differentiable(new_rm, new_rv, xs, rs, mean, invstd)
 
 
@@ -82,8 +87,8 @@ def _triton_backward(ctx, grad_out, grad_h_T, *_unused):
     grad_h_T = xs.new_zeros(B, H) if grad_h_T is None else grad_h_T.contiguous()
     gh0, gemb, gw, gb, ggamma, gbeta = torch.ops.hnrnn.zoo_cell_backward_triton(
         grad_out, grad_h_T, ids, ctx.vocab_size, weight, bn_weight, xs, rs, mean, invstd,
-        ctx.norm_state, ctx.training)
-    return None, gh0, gemb, gw, gb, ggamma, gbeta, None, None, None, None, None, None
+        ctx.norm_state, ctx.training, ctx.skip_first_linear)
+    return None, gh0, gemb, gw, gb, ggamma, gbeta, None, None, None, None, None, None, None
 
 
 if _backend.extension() is not None:  # loading hnrnn._C defines the compiled ops
@@ -183,7 +188,7 @@ _KERNEL_DTYPES = {"cpu": (torch.float32, torch.float64), "cuda": (torch.float32,
                   "triton": (torch.float32,)}
 
 
-def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
+def _run(ids, floats, norm_state, training, momentum, eps, backend, seq, skip_first_linear=False):
     if isinstance(floats[0], Tensor):
         # Under torch.autocast: float32 on every backend, as no zoo-cell kernel has a 16-bit
         # variant (and the inputs must share one dtype: think of a bfloat16 carried state).
@@ -196,13 +201,16 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
     if ids.shape[0] == 0:  # an empty batch: nothing to compute, statistics kept (as nn.BatchNorm1d)
         be = "reference"
     if be == "reference":
-        fn = reference.zoo_cell_sequence if seq else reference.zoo_cell_step
         with _backend.without_autocast(h0.device):
-            return fn(ids, *floats, norm_state, training, momentum, eps)
+            if seq:
+                return reference.zoo_cell_sequence(ids, *floats, norm_state, training, momentum, eps,
+                                                   skip_first_linear=skip_first_linear)
+            return reference.zoo_cell_step(ids, *floats, norm_state, training, momentum, eps)
     if not seq:
         ids = ids.unsqueeze(1)
     op = _triton_forward_op() if be == "triton" else torch.ops.hnrnn.zoo_cell_forward.default
-    out, h_T, rm, rv = op(ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps))[:4]
+    out, h_T, rm, rv = op(ids, *floats, bool(norm_state), bool(training), float(momentum), float(eps),
+                          bool(skip_first_linear))[:4]
     if not training:  # eval leaves the running statistics as they were: the same tensors come back
         rm, rv = floats[6], floats[7]
     return (out if seq else out.squeeze(1)), h_T, rm, rv
@@ -211,14 +219,18 @@ def _run(ids, floats, norm_state, training, momentum, eps, backend, seq):
 def zoo_cell_sequence(ids: Tensor, h0: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
                       bn_weight: Tensor, bn_bias: Tensor, running_mean: Tensor, running_var: Tensor,
                       norm_state: bool, training: bool, momentum: float = 0.1, eps: float = 1e-5,
-                      backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                      backend: Optional[str] = None, skip_first_linear: bool = False
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """All steps at once. ids (B, T) int64/int32; h0 (B, H); emb (V, H); weight (H, H); bias, bn_weight,
     bn_bias, running_mean, running_var (H,). Returns (out (B, T, H), h_T (B, H), running_mean, running_var).
 
     ``backend``: "cuda", "triton", "cpu", "reference", or None/"auto" (``$HNRNN_BACKEND``, else the
-    fastest for the tensors' device)."""
+    fastest for the tensors' device). ``skip_first_linear``: step 0 without the linear layer,
+    r_0 = ReLU(h0 + E[ids_0]) (Model0's first step); weight and bias get no gradient from that step
+    (zeros when it is the only one)."""
     floats = (h0, emb, weight, bias, bn_weight, bn_bias, running_mean, running_var)
-    return _run(ids, floats, norm_state, training, momentum, eps, backend, seq=True)
+    return _run(ids, floats, norm_state, training, momentum, eps, backend, seq=True,
+                skip_first_linear=skip_first_linear)
 
 
 def zoo_cell_step(ids: Tensor, h: Tensor, emb: Tensor, weight: Tensor, bias: Tensor,
