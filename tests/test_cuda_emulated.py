@@ -33,7 +33,10 @@ def build_emulation():
     """csrc/cuda compiled against the emulation (torch's JIT extension build, cached between runs)."""
     from torch.utils.cpp_extension import load
     asan = ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"] if UNDER_ASAN else []
-    return load(name="hnrnn_cuda_emulation" + ("_asan" if UNDER_ASAN else ""),
+    # One build folder per torch release: torch 2.14 locks it with an OS lock on a file it leaves
+    # in place, torch 2.11 (the GPU machines') waits for that file to vanish, forever.
+    release = "_".join(torch.__version__.split("+")[0].split(".")[:2])
+    return load(name=f"hnrnn_cuda_emulation_torch{release}" + ("_asan" if UNDER_ASAN else ""),
                 sources=[str(EMULATION / f) for f in ("module.cpp", "rnn.cpp", "zoo_cell.cpp", "network.cpp")]
                 + [str(ROOT / "csrc" / "op_checks.cpp")],
                 extra_include_paths=[str(ROOT / "csrc" / d) for d in ("cuda", "include", ".")],
